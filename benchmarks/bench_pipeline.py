@@ -1,0 +1,93 @@
+"""Wall time of the DVC pipeline per stage, and training throughput / peak memory per framework.
+
+    python benchmarks/bench_pipeline.py --profile smoke            # in a scratch copy of the repository
+    python benchmarks/bench_pipeline.py --profile mini --in-place  # the main job itself, in this repository
+
+Each stage is run on its own (`dvc repro --single-item --force <stage>`, in pipeline order) and timed from
+outside, so the times include process and notebook-kernel start-up. Training images/s and peak resident
+memory come from the `logs/<experiment>/timing.json` that each training notebook writes. The Markdown
+goes to benchmarks/results/pipeline_<profile>.md (collected into BENCHMARKS.md by make_benchmarks.py).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_vision", "nbs/experiments"]
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def scratch_copy(profile: str) -> Path:
+    repo = Path(tempfile.mkdtemp(prefix=f"bench_{profile}_"))
+    for name in COPY:
+        src, dst = ROOT / name, repo / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.failed.ipynb"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, dst)
+    params = repo / "params.yaml"
+    params.write_text(re.sub(r"^profile: \w+", f"profile: {profile}", params.read_text(), flags=re.M))
+    run(["git", "init", "-q"], repo); run(["dvc", "init", "-q"], repo)
+    return repo
+
+
+def stages(repo: Path) -> list[str]:
+    names = run(["dvc", "stage", "list", "--name-only"], repo).split()
+    order = {"data": 0, "train": 1, "evaluate": 2, "tables": 3}
+    return sorted(names, key=lambda n: (order.get(n.split("@")[0], 9), n))
+
+
+def time_stages(repo: Path) -> dict:
+    times = {}
+    for name in stages(repo):
+        start = time.perf_counter()
+        run(["dvc", "repro", "--single-item", "--force", name], repo)
+        times[name] = time.perf_counter() - start
+        print(f"{name}: {times[name]:.1f} s", flush=True)
+    return times
+
+
+def report(profile: str, repo: Path, times: dict) -> str:
+    total = sum(times.values())
+    lines = [f"### Pipeline `{profile}`", "", f"Measured on {platform.node() and 'this machine'}: {os.cpu_count()} cores, "
+             f"`torch.set_num_threads` from params (`train.threads`), `dvc repro` stage by stage. Total wall time: "
+             f"**{total / 60:.1f} min**.", "", "| stage | wall time (s) |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in times.items()]
+    lines += ["", "| experiment | iterations | training s/iter | training images/s | peak RSS of the training kernel (MB) |", "|---|---|---|---|---|"]
+    for t in sorted((repo / "logs").glob("*/timing.json")):
+        d = json.loads(t.read_text())
+        lines.append(f"| {t.parent.name} | {d['iterations']} | {d['s_per_iter']} | {d['images_per_s']} | {d['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--in-place", action="store_true", help="run in this repository (updates dvc.lock and results/)")
+    args = p.parse_args()
+    repo = ROOT if args.in_place else scratch_copy(args.profile)
+    if args.in_place:
+        cur = re.search(r"^profile: (\w+)", (ROOT / "params.yaml").read_text(), re.M).group(1)
+        assert cur == args.profile, f"params.yaml names profile {cur}; in-place runs use the profile params.yaml names"
+    times = time_stages(repo)
+    out = ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.md"
+    out.write_text(report(args.profile, repo, times))
+    print(out.read_text())
+    if not args.in_place:
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Shared fixtures: the repository root, params.yaml, and a smoke-profile dataset generated once per session."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def params():
+    from unified_vision.core import load_yaml
+    return load_yaml(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory, params) -> Path:
+    "The smoke profile's generated dataset, in a temporary folder."
+    from unified_vision.cli import profile_config
+    from unified_vision.data.synthetic import generate_dataset
+    _, cfg = profile_config(params, "smoke")
+    out = tmp_path_factory.mktemp("data") / "smoke"
+    generate_dataset(out, cfg["data"]["synthetic"], seed=cfg["data"]["seed"], progress=False)
+    return out
+
+
+@pytest.fixture()
+def smoke_cfg(params, smoke_data):
+    "Resolve a smoke-profile experiment with its data root pointed at the session's generated data."
+    from unified_vision.core import resolve_experiment
+
+    def make(name: str, **overrides):
+        from unified_vision.core import deep_merge
+        cfg = resolve_experiment(params, name, "smoke")
+        cfg["data"]["root"] = str(smoke_data)
+        return deep_merge(cfg, overrides)
+    return make
