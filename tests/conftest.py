@@ -41,5 +41,6 @@ def smoke_cfg(params, smoke_data):
         from unified_vision.core import deep_merge
         cfg = resolve_experiment(params, name, "smoke")
         cfg["data"]["root"] = str(smoke_data)
+        cfg["model"]["backbone"]["pretrained"] = False      # the pretraining stage is tested with the pipeline
         return deep_merge(cfg, overrides)
     return make
