@@ -219,3 +219,23 @@ def test_unknown_cfg_key_is_refused(tmp_path):
     with pytest.raises(Exception, match="unknown keys"):
         syn.generate_dataset(tmp_path / "data", {"num_trian": 3}, progress=False)
     assert not (tmp_path / "data").exists()
+
+
+def _hue_gap(rgb, hue) -> float:
+    import colorsys
+    h = colorsys.rgb_to_hsv(*rgb)[0]
+    return min(abs(h - hue), 1 - abs(h - hue))
+
+
+def test_class_appearance_sets_hue_and_pattern():
+    "appearance=1: every shape wears its class's pattern in its class's hue; appearance=0: colours are random."
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(syn.SHAPE_CLASSES):
+        hue = k / len(syn.SHAPE_CLASSES)
+        for _ in range(5):
+            spec = syn.shape_layer(name, rng, (32, 32), 20, (64, 64), appearance=1.0).parts[0][1]
+            assert spec["kind"] == syn.PREFERRED_TEXTURE[name]
+            assert _hue_gap(spec["c1"], hue) < 0.12 and _hue_gap(spec["c2"], hue) < 0.12
+    gaps = [_hue_gap(syn.shape_layer("disc", rng, (32, 32), 20, (64, 64), appearance=0.0).parts[0][1]["c1"], 0.0)
+            for _ in range(40)]
+    assert max(gaps) > 0.25                      # random colours reach far from the class hue

@@ -162,5 +162,6 @@ def main(argv=None) -> int:
     return 0
 
 # %% ../nbs/74_cli.ipynb #6a329dda
+#| eval: false
 if __name__ == "__main__" and "ipykernel" not in sys.modules:
     sys.exit(main())

@@ -51,8 +51,9 @@ class Registry:
     def register(self, name: str | None = None) -> Callable:
         def deco(obj):
             key = name or obj.__name__
-            if key in self._items:
-                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            old = self._items.get(key)
+            if old is not None and getattr(old, "__qualname__", None) != getattr(obj, "__qualname__", None):
+                raise ValueError(f"{self.kind} '{key}' is registered twice ({old.__qualname__} and {obj.__qualname__})")
             self._items[key] = obj
             return obj
         return deco

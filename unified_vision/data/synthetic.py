@@ -25,16 +25,16 @@ __all__ = ['DEFAULT_CFG', 'SHAPE_CLASSES', 'CLASS_NAMES', 'CATEGORIES', 'KEYPOIN
            'TEXTURES', 'PREFERRED_TEXTURE', 'POSES', 'CLUTTER', 'SPLIT_IDS', 'INFO', 'LICENSES', 'FIRST_IDS',
            'resolve_cfg', 'ellipse_pts', 'place', 'coco_poly', 'rasterize', 'texture_probs', 'random_colour',
            'sample_texture', 'solid_texture', 'value_noise', 'texture_field', 'texture_colours', 'Layer', 'paint',
-           'place_shape', 'shape_layer', 'sample_pose', 'body_points', 'capsule_pts', 'body_polygons', 'skin_colour',
-           'person_layer', 'clutter_layers', 'background', 'log_uniform', 'object_layer', 'sample_object', 'extent',
-           'occluding_bar', 'crowd_layers', 'sample_scene', 'visibility', 'rle_compressed', 'rle_uncompressed',
-           'tight_bbox', 'keypoint_fields', 'object_annotation', 'crowd_annotation', 'annotate', 'finish', 'render',
-           'make_coco_image', 'make_cls_image', 'coco_document', 'image_record', 'size_thresholds', 'split_summary',
-           'write_json', 'save_jpeg', 'write_coco_split', 'write_imagenet_split', 'generate_dataset']
+           'place_shape', 'class_texture', 'shape_layer', 'sample_pose', 'body_points', 'capsule_pts', 'body_polygons',
+           'skin_colour', 'person_layer', 'clutter_layers', 'background', 'log_uniform', 'object_layer',
+           'sample_object', 'extent', 'occluding_bar', 'crowd_layers', 'sample_scene', 'visibility', 'rle_compressed',
+           'rle_uncompressed', 'tight_bbox', 'keypoint_fields', 'object_annotation', 'crowd_annotation', 'annotate',
+           'finish', 'render', 'make_coco_image', 'make_cls_image', 'coco_document', 'image_record', 'size_thresholds',
+           'split_summary', 'write_json', 'save_jpeg', 'write_coco_split', 'write_imagenet_split', 'generate_dataset']
 
 # %% ../../nbs/12_data.synthetic.ipynb #964adb87
 DEFAULT_CFG = dict(image_size=128, num_train=320, num_val=100, objects_per_image=[3, 9], person_fraction=0.25,
-                   min_size=6, max_size=None, clutter=12, crowd_prob=0.1, split_prob=0.15,
+                   min_size=6, max_size=None, clutter=12, crowd_prob=0.1, split_prob=0.15, class_appearance=0.75,
                    cls_per_class_train=40, cls_per_class_val=10, cls_image_size=64, jpeg_quality=95)
 
 def resolve_cfg(cfg: dict | None = None) -> dict:
@@ -236,11 +236,22 @@ def place_shape(name: str, rng, centre, size: float) -> tuple[list, list]:
     return put(outer), put(holes)
 
 
-def shape_layer(name: str, rng, centre, size: float, hw: tuple[int, int]) -> Layer:
-    "An annotated shape of class `name` on an image of size `hw`, with a texture its class prefers."
+def class_texture(name: str, rng, centre, size: float, extent: int) -> dict:
+    "A texture in the colours of class `name`: its preferred pattern, two shades of its hue (jittered)."
+    hue = SHAPE_CLASSES.index(name) / len(SHAPE_CLASSES)
+    shade = lambda: np.array(colorsys.hsv_to_rgb((hue + rng.normal(0, 0.025)) % 1, rng.uniform(0.45, 1), rng.uniform(0.35, 1)))
+    return sample_texture(rng, centre, size, extent) | dict(kind=PREFERRED_TEXTURE[name], c1=shade(), c2=shade())
+
+
+def shape_layer(name: str, rng, centre, size: float, hw: tuple[int, int], appearance: float = 0.0) -> Layer:
+    """An annotated shape of class `name` on an image of size `hw`: with probability `appearance` in its class's
+    colours and pattern (`class_texture`), otherwise in random colours with a texture its class prefers."""
     outer, holes = place_shape(name, rng, centre, size)
     mask = rasterize(outer, hw) & ~rasterize(holes, hw)
-    texture = sample_texture(rng, centre, size, max(hw), texture_probs(name))
+    if rng.random() < appearance:
+        texture = class_texture(name, rng, centre, size, max(hw))
+    else:
+        texture = sample_texture(rng, centre, size, max(hw), texture_probs(name))
     return Layer([(mask, texture)], CLASS_NAMES.index(name) + 1, None if holes else outer)
 
 # %% ../../nbs/12_data.synthetic.ipynb #bc98a7d0
@@ -408,9 +419,9 @@ def log_uniform(rng, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo)))))
 
 
-def object_layer(name: str, rng, centre, size: float, hw: tuple[int, int]) -> Layer:
-    "An annotated object of class `name` (a person or a shape)."
-    return person_layer(rng, centre, size, hw) if name == "person" else shape_layer(name, rng, centre, size, hw)
+def object_layer(name: str, rng, centre, size: float, hw: tuple[int, int], appearance: float = 0.0) -> Layer:
+    "An annotated object of class `name` (a person or a shape; `appearance`: see `shape_layer`)."
+    return person_layer(rng, centre, size, hw) if name == "person" else shape_layer(name, rng, centre, size, hw, appearance)
 
 
 def sample_object(rng, cfg: dict) -> Layer:
@@ -418,7 +429,8 @@ def sample_object(rng, cfg: dict) -> Layer:
     S = cfg["image_size"]
     name = "person" if rng.random() < cfg["person_fraction"] else str(rng.choice(SHAPE_CLASSES))
     lo = max(cfg["min_size"], 10) if name == "person" else cfg["min_size"]
-    return object_layer(name, rng, rng.uniform(0.05, 0.95, 2) * S, log_uniform(rng, lo, cfg["max_size"]), (S, S))
+    return object_layer(name, rng, rng.uniform(0.05, 0.95, 2) * S, log_uniform(rng, lo, cfg["max_size"]), (S, S),
+                        cfg["class_appearance"])
 
 
 def extent(mask: np.ndarray) -> int:
@@ -443,7 +455,7 @@ def crowd_layers(rng, cfg: dict, group: int = 0) -> list[Layer]:
     centre, spread = rng.uniform(0.2, 0.8, 2) * S, rng.uniform(0.04, 0.1) * S
     k = 2.0 if name == "person" else 1.0
     members = [object_layer(name, rng, centre + rng.normal(0, spread, 2),
-                            k * cfg["min_size"] * rng.uniform(0.7, 1.5), (S, S))
+                            k * cfg["min_size"] * rng.uniform(0.7, 1.5), (S, S), cfg["class_appearance"])
                for _ in range(int(rng.integers(10, 31)))]
     for m in members:
         m.group = group
@@ -583,7 +595,8 @@ def make_cls_image(cfg: dict, seed: int, split_id: int, class_index: int, index:
     S = cfg["cls_image_size"]
     layers = clutter_layers(rng, max(2, cfg["clutter"] // 3), (S, S))
     centre = S / 2 + rng.uniform(-0.08, 0.08, 2) * S
-    layers.append(object_layer(CLASS_NAMES[class_index], rng, centre, rng.uniform(0.45, 0.9) * S, (S, S)))
+    layers.append(object_layer(CLASS_NAMES[class_index], rng, centre, rng.uniform(0.45, 0.9) * S, (S, S),
+                               cfg["class_appearance"]))
     return render(layers, rng, (S, S))
 
 # %% ../../nbs/12_data.synthetic.ipynb #c6dd02f6
