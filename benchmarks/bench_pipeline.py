@@ -26,7 +26,10 @@ COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_
 
 def run(args, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed in {cwd} (exit {r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
+    return r.stdout
 
 
 def scratch_copy(profile: str) -> Path:
@@ -40,6 +43,8 @@ def scratch_copy(profile: str) -> Path:
     params = repo / "params.yaml"
     params.write_text(re.sub(r"^profile: \w+", f"profile: {profile}", params.read_text(), flags=re.M))
     run(["git", "init", "-q"], repo); run(["dvc", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)                  # dvclive needs a repository with a commit
+    run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "scratch"], repo)
     return repo
 
 
