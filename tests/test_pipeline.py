@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_vision", "nbs/experiments"]
+COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_vision", "nbs/experiments", "kernels/csrc"]
 
 
 def _run(args, cwd, **kw):
@@ -66,5 +66,5 @@ def test_changing_one_experiment_reruns_only_it(repo):
     data["experiments"]["baseline_fcos"]["seed"] = 1
     params.write_text(yaml.safe_dump(data, sort_keys=False))   # same values elsewhere, so DVC sees one change
     ran = set(re.findall(r"Running stage '([^']+)'", _run(["dvc", "repro"], repo, timeout=900)))
-    assert ran == {"train@baseline_fcos", "evaluate@baseline_fcos", "tables"}
+    assert ran == {"configs", "train@baseline_fcos", "evaluate@baseline_fcos", "tables"}
     assert _planned_stages(repo) == set()

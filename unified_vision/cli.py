@@ -16,8 +16,9 @@ from .core import ConfigError, DataError, UVError, atomic_path, deep_merge, load
 from .data.coco import TASK_ANNOTATION_PREFIX, coco_paths
 
 # %% auto #0
-__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'run_notebook', 'stage_train', 'stage_evaluate',
-           'stage_pretrain', 'stage_tables', 'main']
+__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'run_notebook', 'experiment_config', 'prune_config',
+           'stage_train', 'stage_evaluate', 'stage_pretrain', 'pretrain_config', 'stage_configs', 'stage_tables',
+           'main']
 
 # %% ../nbs/74_cli.ipynb #b5433d89
 def profile_config(params: dict, profile: str | None = None) -> tuple[str, dict]:
@@ -79,9 +80,29 @@ def run_notebook(template, output, parameters: dict) -> Path:
 # %% ../nbs/74_cli.ipynb #b943e3d7
 NOTEBOOKS = Path("nbs/experiments")
 
+def experiment_config(params: dict, name: str, profile: str | None = None) -> dict:
+    """The configuration a run of `name` gets: `resolve_experiment`, pruned to what the run uses (its framework, its head's
+    section, no other backbone presets), so that editing an unrelated section does not change it."""
+    return prune_config(resolve_experiment(params, name, profile))
+
+
+def prune_config(cfg: dict) -> dict:
+    "Drop the sections of other frameworks, heads and backbone presets from a resolved configuration."
+    cfg = dict(cfg)
+    fw = cfg.get("framework")
+    frameworks = cfg.get("frameworks") or {}
+    cfg["frameworks"] = {fw: frameworks[fw]} if fw in frameworks else {}
+    head = cfg.get("head") or cfg["frameworks"].get(fw, {}).get("head")
+    cfg["heads"] = {head: cfg["heads"][head]} if head in (cfg.get("heads") or {}) else {}
+    cfg.pop("backbones", None)
+    if cfg.get("experiment") != "pretrain":
+        cfg.pop("pretrain", None)
+    return cfg
+
+
 def stage_train(params: dict, name: str, profile: str | None = None, runs="runs", logs="logs") -> Path:
     "Run the training notebook of experiment `name`."
-    cfg = resolve_experiment(params, name, profile)
+    cfg = experiment_config(params, name, profile)
     _check_experiment(cfg)
     params_nb = {"config": cfg, "run_dir": f"{runs}/{name}", "logs_dir": f"{logs}/{name}"}
     return run_notebook(NOTEBOOKS / "train.ipynb", Path(runs) / name / "train.ipynb", params_nb)
@@ -89,7 +110,7 @@ def stage_train(params: dict, name: str, profile: str | None = None, runs="runs"
 
 def stage_evaluate(params: dict, name: str, profile: str | None = None, runs="runs", metrics="metrics") -> Path:
     "Run the evaluation notebook of experiment `name`."
-    cfg = resolve_experiment(params, name, profile)
+    cfg = experiment_config(params, name, profile)
     params_nb = {"config": cfg, "checkpoint": f"{runs}/{name}/model.pt", "metrics_path": f"{metrics}/{name}.json"}
     return run_notebook(NOTEBOOKS / "evaluate.ipynb", Path(runs) / name / "evaluate.ipynb", params_nb)
 
@@ -106,12 +127,10 @@ def _check_experiment(cfg: dict) -> None:
 def stage_pretrain(params: dict, profile: str | None = None, runs="runs", logs="logs", metrics="metrics") -> Path:
     "Train and evaluate the profile's backbone as a classifier into `runs/pretrain/` (or record that it is off)."
     profile, cfg = profile_config(params, profile)
-    pcfg = cfg.get("pretrain") or {}
     run_dir = Path(runs) / "pretrain"
-    if not pcfg.get("enabled", False):
+    if not (cfg.get("pretrain") or {}).get("enabled", False):
         return _skip_pretraining(run_dir, profile, Path(metrics) / "pretrain.json")
-    exp = deep_merge({k: v for k, v in cfg.items() if k != "pretrain"}, pcfg.get("experiment") or {})
-    exp.update(experiment="pretrain", profile=profile)
+    exp = pretrain_config(params, profile)
     _check_experiment(exp)
     run_notebook(NOTEBOOKS / "train.ipynb", run_dir / "train.ipynb", {"config": exp, "run_dir": str(run_dir), "logs_dir": f"{logs}/pretrain"})
     params_nb = {"config": exp, "checkpoint": str(run_dir / "model.pt"), "metrics_path": f"{metrics}/pretrain.json"}
@@ -131,6 +150,31 @@ def _skip_pretraining(run_dir: Path, profile: str, metrics_path: Path) -> Path:
     return run_dir / "model.pt"
 
 # %% ../nbs/74_cli.ipynb #0197da14
+def pretrain_config(params: dict, profile: str | None = None) -> dict:
+    "The resolved configuration of the backbone pretraining run: the profile without `pretrain` <- `pretrain.experiment`."
+    profile, cfg = profile_config(params, profile)
+    exp = deep_merge({k: v for k, v in cfg.items() if k != "pretrain"}, (cfg.get("pretrain") or {}).get("experiment") or {})
+    exp.update(experiment="pretrain", profile=profile)
+    return prune_config(exp)
+
+
+def stage_configs(params: dict, profile: str | None = None, out="configs") -> list[Path]:
+    """Write the resolved configuration of every experiment (and of the pretraining) to `out/<name>.json`.
+    The training and evaluation stages depend on these files instead of on whole sections of params.yaml, so an
+    edit reruns exactly the experiments whose resolved configuration it changes."""
+    profile, cfg = profile_config(params, profile)
+    configs = {name: experiment_config(params, name, profile) for name in params.get("experiments") or {}}
+    if (cfg.get("pretrain") or {}).get("enabled", False):
+        configs["pretrain"] = pretrain_config(params, profile)
+    else:
+        configs["pretrain"] = {"experiment": "pretrain", "profile": profile, "enabled": False}
+    out = Path(out)
+    with atomic_path(out, is_dir=True) as tmp:
+        for name, c in configs.items():
+            (tmp / f"{name}.json").write_text(json.dumps(c, indent=1, sort_keys=True) + "\n")
+    return sorted(out.glob("*.json"))
+
+
 def stage_tables(params: dict, papers_file="paper_numbers.yaml", metrics="metrics", logs="logs", out="results") -> list[Path]:
     "Render the `tables` section of params into `out`."
     from unified_vision.engine.tables import write_results
@@ -145,7 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--profile", default=None, help="override the profile named in params.yaml")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("data"); sub.add_parser("tables"); sub.add_parser("pretrain")
+    sub.add_parser("data"); sub.add_parser("tables"); sub.add_parser("pretrain"); sub.add_parser("configs")
     for c in ("train", "evaluate"):
         sub.add_parser(c).add_argument("experiment")
     args = p.parse_args(argv)
@@ -156,6 +200,7 @@ def main(argv=None) -> int:
         elif args.command == "evaluate": stage_evaluate(params, args.experiment, args.profile)
         elif args.command == "tables": stage_tables(params)
         elif args.command == "pretrain": stage_pretrain(params, args.profile)
+        elif args.command == "configs": stage_configs(params, args.profile)
     except UVError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -114,7 +114,7 @@ def _require_mapping(params: dict, key: str, where: str) -> dict:
 def resolve_experiment(params: dict, name: str, profile: str | None = None, where: str = "params.yaml") -> dict:
     "The configuration of experiment `name`: `defaults` <- `profiles[profile]` <- `experiments[name]`."
     profiles = _require_mapping(params, "profiles", where)
-    experiments = _require_mapping(params, "experiments", where)
+    experiments = {**(params.get("coco_experiments") or {}), **_require_mapping(params, "experiments", where)}
     profile = profile or params.get("profile")
     if profile not in profiles:
         raise ConfigError(where, f"unknown profile '{profile}'", f"use one of: {', '.join(profiles)}")
@@ -124,8 +124,25 @@ def resolve_experiment(params: dict, name: str, profile: str | None = None, wher
     exp = experiments[name]
     if not isinstance(exp, dict):
         raise ConfigError(where, f"experiments.{name} must be a mapping, got {type(exp).__name__}", "write it as 'name: {framework: ..., ...}'")
-    cfg = deep_merge(params.get("defaults") or {}, profiles[profile] or {}, exp)
+    base = deep_merge(params.get("defaults") or {}, profiles[profile] or {})
+    layers = [base]
+    if exp.get("base"):   # e.g. base: pretrain.experiment -- start from a block of the profile (the classification set-up)
+        layers.append(require(base, exp["base"], dict, where=f"{where} (experiments.{name}.base)"))
+    cfg = deep_merge(*layers, {k: v for k, v in exp.items() if k != "base"})
     cfg.update(experiment=name, profile=profile)
+    return _apply_backbone_preset(cfg, ((exp.get("model") or {}).get("backbone") or {}), name, where)
+
+
+def _apply_backbone_preset(cfg: dict, exp_backbone: dict, name: str, where: str) -> dict:
+    "The experiment's `model.backbone.preset: X` replaces the backbone by the profile's `backbones.X`, then the other keys the experiment gives beside `preset`."
+    if "preset" not in exp_backbone:
+        return cfg
+    presets = cfg.get("backbones") or {}
+    if exp_backbone["preset"] not in presets:
+        raise ConfigError(where, f"experiments.{name}: unknown backbone preset '{exp_backbone['preset']}'",
+                          f"known presets: {', '.join(presets) or 'none (add a backbones: section)'}")
+    extra = {k: v for k, v in exp_backbone.items() if k != "preset"}
+    cfg["model"]["backbone"] = deep_merge(presets[exp_backbone["preset"]], extra)
     return cfg
 
 # %% ../nbs/00_core.ipynb #c4cdf243

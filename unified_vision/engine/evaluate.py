@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from ..data.coco import collate
 
 # %% auto #0
-__all__ = ['BOX_STAT_NAMES', 'KPT_STAT_NAMES', 'to_coco_results', 'masks_to_rle', 'coco_evaluate', 'ground_truth_as_results',
-           'predict', 'evaluate_detection', 'top1_accuracy']
+__all__ = ['BOX_STAT_NAMES', 'KPT_STAT_NAMES', 'to_coco_results', 'polygon_to_rle', 'masks_to_rle', 'coco_evaluate',
+           'ground_truth_as_results', 'predict', 'evaluate_detection', 'top1_accuracy', 'head_parameters', 'model_cost']
 
 # %% ../../nbs/71_engine.evaluate.ipynb #430f36ab
 def to_coco_results(det: dict, image_id: int, category_ids: list[int], scale: tuple[float, float], orig_size) -> list[dict]:
@@ -32,11 +32,21 @@ def to_coco_results(det: dict, image_id: int, category_ids: list[int], scale: tu
     if "masks" in det:
         for r, rle in zip(out, masks_to_rle(det["masks"], orig_size)):
             r["segmentation"] = rle
+    if "contours" in det:   # contour-based segmentation: the predicted polygon, rasterised by pycocotools
+        for r, poly in zip(out, det["contours"].detach().cpu().double() * torch.tensor([sx, sy], dtype=torch.float64)):
+            r["segmentation"] = polygon_to_rle(poly, orig_size)
     if "keypoints" in det:
         for r, k in zip(out, det["keypoints"].detach().cpu().double()):
             k = k.clone(); k[:, 0] *= sx; k[:, 1] *= sy
             r["keypoints"] = [round(v, 2) for v in k.flatten().tolist()]
     return out
+
+
+def polygon_to_rle(poly: torch.Tensor, orig_size) -> dict:
+    "A polygon `[K, 2]` (original pixels) as a compressed RLE of an `orig_size` image."
+    h, w = (int(v) for v in orig_size)
+    rle = mask_utils.merge(mask_utils.frPyObjects([poly.reshape(-1).tolist()], h, w))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
 def masks_to_rle(masks: torch.Tensor, orig_size) -> list[dict]:
@@ -115,3 +125,26 @@ def top1_accuracy(model, dataset, batch_size: int = 32, progress: bool = True) -
         preds = model(batch.images, batch.image_sizes)
         correct += sum(int(p["labels"]) == int(s.target["labels"][0]) for p, s in zip(preds, samples))
     return correct / max(len(dataset), 1)
+
+# %% ../../nbs/71_engine.evaluate.ipynb #cc4f8b25
+def head_parameters(model) -> int:
+    "Parameters of the model's head(s): the RoI stages (and mask branch) of a two-stage detector, the dense head, or the classifier."
+    parts = [getattr(model, n, None) for n in ("stages", "mask", "head", "fc")]
+    return sum(p.numel() for m in parts if m is not None for p in m.parameters())
+
+
+@torch.no_grad()
+def model_cost(model, dataset, repeats: int = 3, size_divisible: int = 32) -> dict:
+    "`cost_head_params_M`, `cost_gflops` (one validation image, `torch.utils.flop_counter`) and `cost_infer_ms` per image."
+    from torch.utils.flop_counter import FlopCounterMode
+    import time
+    model.eval()
+    batch = collate([dataset[0]], size_divisible)
+    with FlopCounterMode(display=False) as counter:
+        model(batch.images, batch.image_sizes)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter(); model(batch.images, batch.image_sizes); times.append(time.perf_counter() - start)
+    return {"cost_head_params_M": head_parameters(model) / 1e6, "cost_gflops": counter.get_total_flops() / 1e9,
+            "cost_infer_ms": 1000 * min(times)}
+

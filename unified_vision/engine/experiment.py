@@ -17,7 +17,7 @@ import torch
 from ..core import ConfigError, DataError, atomic_path, require, seed_everything, write_json
 from ..data.coco import CocoDataset, ImageFolderDataset, coco_paths
 from ..data.transforms import build_transforms
-from .evaluate import evaluate_detection, top1_accuracy
+from .evaluate import evaluate_detection, model_cost, top1_accuracy
 from .train import Schedule, Trainer
 from ..frameworks.build import build_model
 
@@ -49,6 +49,9 @@ def run_training(cfg: dict, run_dir, live=None, stop_at: int | None = None, prog
     seed_everything(cfg.get("seed", 0))
     dataset = build_dataset(cfg, "train")
     model = build_model(cfg, num_classes=len(dataset.class_names))
+    for module in model.modules():   # heads that initialise from the training data (UniHead's mean pose, sec. 3.4)
+        if hasattr(module, "prepare_from_dataset"):
+            module.prepare_from_dataset(dataset)
     schedule = Schedule(iters_per_epoch=len(dataset) // tcfg["batch_size"], **tcfg["schedule"])
     trainer = Trainer(model, dataset, tcfg["optimizer"], schedule, tcfg["batch_size"], run_dir, seed=cfg.get("seed", 0),
                       clip_grad=tcfg.get("clip_grad"), checkpoint_every=tcfg.get("checkpoint_every", 100),
@@ -84,7 +87,9 @@ def run_evaluation(cfg: dict, checkpoint, metrics_path=None, progress: bool = Tr
     "Evaluate `checkpoint` on the validation split; write the flat metrics dict to `metrics_path`."
     torch.set_num_threads(int(cfg.get("train", {}).get("threads", torch.get_num_threads())))
     dataset = build_dataset(cfg, "val")
-    metrics = evaluate_model(cfg, load_trained(cfg, checkpoint, len(dataset.class_names)), dataset, progress)
+    model = load_trained(cfg, checkpoint, len(dataset.class_names))
+    metrics = evaluate_model(cfg, model, dataset, progress)
+    metrics.update(model_cost(model, dataset, size_divisible=getattr(getattr(model, "neck", None), "size_divisible", 32)))
     if compare_untrained:
         seed_everything(cfg.get("seed", 0))
         fresh = evaluate_model(cfg, build_model(cfg, len(dataset.class_names)), dataset, progress)

@@ -11,7 +11,8 @@ from torch import nn
 
 import unified_vision.frameworks.dense  # noqa: F401  (registers retinanet, fcos, atss)
 from ..core import ConfigError, require
-from .two_stage import FRAMEWORKS
+from .two_stage import FRAMEWORKS, _build_head
+import unified_vision.heads.unihead  # noqa: F401  (registers unihead)
 from ..heads.baseline import HEADS
 from ..models.backbones import BackboneFPN, TimmBackbone
 
@@ -25,8 +26,9 @@ def head_config(cfg: dict) -> dict:
     name = cfg.get("head") or fw.get("head")
     if not name:
         raise ConfigError("params.yaml", f"framework '{cfg['framework']}' has no head", "set 'head:' in the experiment or the framework")
-    HEADS.get(name, where=f"params.yaml (experiments.{cfg.get('experiment', '?')}.head)")
-    return {"name": name, **(cfg.get("heads", {}).get(name) or {})}
+    ctor = HEADS.get(name, where=f"params.yaml (experiments.{cfg.get('experiment', '?')}.head)")
+    task = {"task": cfg.get("task", "detection"), "seed": cfg.get("seed", 0)} if getattr(ctor, "uses_task", False) else {}
+    return {"name": name, **task, **(cfg.get("heads", {}).get(name) or {})}
 
 
 def framework_config(cfg: dict) -> dict:
@@ -41,7 +43,8 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
     fw = framework_config(cfg)
     model_cfg = require(cfg, "model", dict)
     if cfg["framework"] == "classifier":
-        return ImageClassifier(model_cfg["backbone"], num_classes, **{k: v for k, v in fw.items() if k != "head"})
+        head = head_config(cfg) if fw.get("head") or cfg.get("head") else None
+        return ImageClassifier(model_cfg["backbone"], num_classes, head=head, **{k: v for k, v in fw.items() if k != "head"})
     neck = BackboneFPN(model_cfg["backbone"], model_cfg.get("neck", {}).get("channels", 256), fw["levels"], fw.get("extra", "maxpool"))
     return FRAMEWORKS.build(cfg["framework"], fw=fw, head_cfg=head_config(cfg), num_classes=num_classes, neck=neck)
 
@@ -50,15 +53,21 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
 class ImageClassifier(nn.Module):
     "Backbone -> global average pool -> linear; `forward(images, sizes, targets)` -> losses or `[{'scores', 'labels'}]`."
 
-    def __init__(self, backbone: dict, num_classes: int, label_smoothing: float = 0.0):
+    def __init__(self, backbone: dict, num_classes: int, label_smoothing: float = 0.0, head: dict | None = None):
         super().__init__()
         kwargs = dict(backbone.get("kwargs") or {})
         self.backbone = TimmBackbone(backbone["name"], [32], backbone.get("pretrained", False), **kwargs)
-        self.fc = nn.Linear(self.backbone.channels[-1], num_classes)
+        self.head = None if head is None else _build_head(head, "image", in_channels=self.backbone.channels[-1], num_classes=num_classes)
+        self.fc = nn.Linear(self.backbone.channels[-1], num_classes) if self.head is None else None
         self.label_smoothing, self.num_classes = label_smoothing, num_classes
 
+    def logits(self, images) -> torch.Tensor:
+        "Class logits `[B, C]`: global average pooling + linear, or the image-slot head on the last map."
+        last = self.backbone(images)[-1]
+        return self.fc(last.mean((2, 3))) if self.head is None else self.head(last)["cls_logits"]
+
     def forward(self, images, image_sizes=None, targets=None):
-        logits = self.fc(self.backbone(images)[-1].mean((2, 3)))
+        logits = self.logits(images)
         if self.training:
             labels = torch.cat([t["labels"] for t in targets])
             return {"loss_cls": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}

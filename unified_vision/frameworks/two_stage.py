@@ -81,8 +81,12 @@ def _select_deltas(bbox_reg: torch.Tensor, labels: torch.Tensor, num_classes: in
     return per_class[torch.arange(len(bbox_reg), device=bbox_reg.device), labels.clamp(max=num_classes - 1)]
 
 
-def stage_loss(self, out: dict, rois, labels, matched) -> dict:
-    "`loss_cls` (cross-entropy) and `loss_box` (smooth L1 on the deltas of positives)."
+def stage_loss(self, out: dict, rois, labels, matched, targets=None) -> dict:
+    "`loss_cls` (cross-entropy) and `loss_box` (smooth L1 on the deltas of positives), or the head's own `loss`."
+    if hasattr(self.head, "loss"):
+        gt_index = [_matched_index(m, t["boxes"]) for m, t in zip(matched, targets)]
+        losses = self.head.loss(out, rois, labels, matched, gt_index, targets)
+        return {k: self.loss_weight * v for k, v in losses.items()}
     labels, matched, rois = torch.cat(labels), torch.cat(matched), torch.cat(rois)
     loss_cls = F.cross_entropy(out["cls_logits"], labels)
     pos = labels < self.num_classes
@@ -166,11 +170,17 @@ class TwoStageDetector(nn.Module):
 
     def forward(self, images, image_sizes, targets=None):
         feats = self.neck(images)
+        targets = self.prepare_targets(targets) if self.training else targets
         rpn_feats = OrderedDict((k, v) for k, v in feats.items())
         proposals, rpn_losses = self.rpn(ImageList(images, list(image_sizes)), rpn_feats, targets)
         if self.training:
             return {**rpn_losses, **self._train_stages(feats, proposals, targets, image_sizes)}
         return self._predict(feats, proposals, image_sizes)
+
+    def prepare_targets(self, targets):
+        "Targets as the RoI head wants them (e.g. UniHead's contour parts); heads without `prepare_targets` keep them."
+        head = self.stages[0].head
+        return head.prepare_targets(targets) if hasattr(head, "prepare_targets") and targets is not None else targets
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #93e1c336
 def _train_stages(self, feats, proposals, targets, image_sizes) -> dict:
@@ -179,7 +189,7 @@ def _train_stages(self, feats, proposals, targets, image_sizes) -> dict:
     for i, stage in enumerate(self.stages):
         rois, labels, matched = stage.sample(props, targets)
         out = stage.head(feats, rois, image_sizes)
-        for k, v in stage.loss(out, rois, labels, matched).items():
+        for k, v in stage.loss(out, rois, labels, matched, targets).items():
             losses[f"{k}_s{i}" if len(self.stages) > 1 else k] = v
         if i + 1 < len(self.stages):
             props = _refine(stage, out, rois, labels, image_sizes)
@@ -218,21 +228,24 @@ def _predict(self, feats, proposals, image_sizes) -> list[dict]:
         if i + 1 < len(self.stages):
             rois = _refine(stage, out, rois, None, image_sizes)
     scores = torch.stack(all_scores).mean(0)
-    dets = _detections_per_image(scores, boxes, [len(r) for r in rois], image_sizes, self.test_cfg)
+    extras = {k: out[k] for k in ("contours", "keypoints") if k in out}
+    dets = _detections_per_image(scores, boxes, [len(r) for r in rois], image_sizes, self.test_cfg, extras)
     return self.mask.predict(feats, dets, image_sizes) if self.mask is not None else dets
 
 TwoStageDetector._predict = _predict
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #76eaf898
-def _detections_per_image(scores, boxes, counts, image_sizes, cfg) -> list[dict]:
-    "Per-class candidates above the score threshold, class-wise NMS, at most `max_detections`."
-    dets = []
-    for s, b, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
+def _detections_per_image(scores, boxes, counts, image_sizes, cfg, extras=None) -> list[dict]:
+    "Per-class candidates above the score threshold, class-wise NMS, at most `max_detections`; per-RoI `extras` follow."
+    dets, extras = [], {k: v.split(counts) for k, v in (extras or {}).items()}
+    for i, (s, b, size) in enumerate(zip(scores.split(counts), boxes.split(counts), image_sizes)):
         num_classes = s.shape[1]
         b = b if b.dim() == 3 else b[:, None].expand(-1, num_classes, 4)
         labels = torch.arange(num_classes, device=s.device).expand_as(s)
+        roi = torch.arange(len(s), device=s.device)[:, None].expand_as(s)
         keep = s > cfg["score_thresh"]
-        dets.append(nms_and_cap(b[keep], s[keep], labels[keep], size, cfg["nms_iou"], cfg["max_detections"]))
+        per_cand = {k: v[i][roi[keep]] for k, v in extras.items()}
+        dets.append(nms_and_cap(b[keep], s[keep], labels[keep], size, cfg["nms_iou"], cfg["max_detections"], per_cand))
     return dets
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #f6f5f052
@@ -241,9 +254,12 @@ def _build_head(head_cfg: dict, slot: str, **kw):
     head_cfg = dict(head_cfg)
     name = head_cfg.pop("name")
     ctor = HEADS.get(name)
-    if getattr(ctor, "slot", slot) != slot:
-        raise ConfigError("params.yaml", f"head '{name}' fits the '{ctor.slot}' slot, not the '{slot}' slot this framework has",
-                          "pick a head made for this framework")
+    slots = getattr(ctor, "slots", (getattr(ctor, "slot", slot),))
+    if slot not in slots:
+        raise ConfigError("params.yaml", f"head '{name}' fits the {' or '.join(repr(s) for s in slots)} slot, not the '{slot}' slot "
+                          "this framework has", "pick a head made for this framework")
+    if hasattr(ctor, "slots"):
+        kw["slot"] = slot
     return ctor(**{**kw, **head_cfg})
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #027d6121

@@ -109,19 +109,23 @@ class TwoFCHead(nn.Module):
     slot = "roi"
 
     def __init__(self, in_channels: int, num_classes: int, fc_dim: int = 1024, pool_size: int = 7,
-                 class_agnostic: bool = False, levels=("p2", "p3", "p4", "p5")):
+                 class_agnostic: bool = False, levels=("p2", "p3", "p4", "p5"), disentangle: bool = False):
         super().__init__()
         self.pooler = roi_pooler(levels, pool_size)
-        self.fcs = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * pool_size**2, fc_dim), nn.ReLU(inplace=True),
-                                 nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
+        fcs = lambda: nn.Sequential(nn.Flatten(), nn.Linear(in_channels * pool_size**2, fc_dim), nn.ReLU(inplace=True),
+                                    nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
+        self.fcs = fcs()
+        self.reg_fcs = fcs() if disentangle else None   # "head disentanglement" (UniHead Table 6): sibling fc stacks
         self.cls_pred = nn.Linear(fc_dim, num_classes + 1)
         self.reg_pred = nn.Linear(fc_dim, 4 if class_agnostic else 4 * num_classes)
         nn.init.normal_(self.cls_pred.weight, std=0.01); nn.init.normal_(self.reg_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_pred.bias); nn.init.zeros_(self.reg_pred.bias)
 
     def forward(self, features: OrderedDict, proposals: list[torch.Tensor], image_sizes) -> dict:
-        x = self.fcs(self.pooler(features, proposals, image_sizes))
-        return {"cls_logits": self.cls_pred(x), "bbox_reg": self.reg_pred(x)}
+        pooled = self.pooler(features, proposals, image_sizes)
+        x = self.fcs(pooled)
+        r = x if self.reg_fcs is None else self.reg_fcs(pooled)
+        return {"cls_logits": self.cls_pred(x), "bbox_reg": self.reg_pred(r)}
 
 # %% ../../nbs/30_heads.baseline.ipynb #471b0bba
 @HEADS.register("mask_conv")

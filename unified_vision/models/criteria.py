@@ -197,6 +197,9 @@ def _call(self, out: dict, priors: Priors, labels: torch.Tensor, matched: torch.
         losses["loss_ctr"] = F.binary_cross_entropy_with_logits(out["centerness"][pos], ctr_t, reduction="sum") / num_pos
     else:
         losses["loss_box"] = self.box_weight * per_box.sum() / num_pos
+    if "iou" in out:   # a head's own IoU prediction (UniHead's T_IoU): BCE on the IoU of its box with the target
+        iou_t = _aligned_iou(pred.detach(), target) if kind != "smooth_l1" else _aligned_iou(self.decode(out["bbox_reg"], priors)[pos].detach(), matched[pos])
+        losses["loss_iou"] = F.binary_cross_entropy_with_logits(out["iou"][pos], iou_t, reduction="sum") / num_pos
     return losses
 
 DenseCriterion.__call__ = _call
@@ -227,10 +230,11 @@ def _postprocess_image(scores, boxes, priors, size, score_thresh, topk, nms_iou,
     return nms_and_cap(torch.cat(keep_boxes), torch.cat(keep_scores), torch.cat(keep_labels), size, nms_iou, max_det)
 
 
-def nms_and_cap(boxes, scores, labels, size, nms_iou, max_det) -> dict:
-    "Clip to the image, drop empty boxes, class-wise NMS and keep the `max_det` best."
+def nms_and_cap(boxes, scores, labels, size, nms_iou, max_det, extras: dict | None = None) -> dict:
+    "Clip to the image, drop empty boxes, class-wise NMS and keep the `max_det` best; per-candidate `extras` follow."
     boxes = clip_boxes_to_image(boxes, size)
     ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
     keep = batched_nms(boxes, scores, labels, nms_iou)[:max_det]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    out = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    return {**out, **{k: v[ok][keep] for k, v in (extras or {}).items()}}
