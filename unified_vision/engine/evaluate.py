@@ -126,7 +126,7 @@ def top1_accuracy(model, dataset, batch_size: int = 32, progress: bool = True) -
         correct += sum(int(p["labels"]) == int(s.target["labels"][0]) for p, s in zip(preds, samples))
     return correct / max(len(dataset), 1)
 
-# %% ../../nbs/71_engine.evaluate.ipynb #cc4f8b25
+# %% ../../nbs/71_engine.evaluate.ipynb #a290fd1d
 def head_parameters(model) -> int:
     "Parameters of the model's head(s): the RoI stages (and mask branch) of a two-stage detector, the dense head, or the classifier."
     parts = [getattr(model, n, None) for n in ("stages", "mask", "head", "fc")]

@@ -63,7 +63,7 @@ def render_table(spec: dict, papers: dict, metrics_dir) -> str:
 def _as_list(x) -> list:
     return [] if x is None else [x] if isinstance(x, str) else list(x)
 
-# %% ../../nbs/73_engine.tables.ipynb #b1787272
+# %% ../../nbs/73_engine.tables.ipynb #b401e2a4
 def _our_cells(row: dict, cols: dict, metrics_dir) -> list[str]:
     """Our numbers for a row. `prefix` (e.g. `bbox`, `segm`, `keypoints`) makes column `AP` read `<prefix>_AP` when the
     experiment has it; a row without `experiment` is the paper's only (its `note` says why, e.g. 'coco profile')."""

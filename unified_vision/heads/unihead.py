@@ -85,7 +85,9 @@ def _init(self, layout: np.ndarray, cls_bias: float) -> None:
         nn.init.trunc_normal_(p, std=0.02)
     nn.init.normal_(self.offsets[-1].weight, std=0.001)
     self.set_layout(layout)
-    nn.init.constant_(self.cls_fc[-1].bias, cls_bias)
+    nn.init.xavier_uniform_(self.cls_fc[0].weight)               # the class FC as a 2-fc head's (mmdetection's init):
+    nn.init.normal_(self.cls_fc[-1].weight, std=0.01)            # at ViT's 0.02 the SGD gradients reaching the encoders
+    nn.init.constant_(self.cls_fc[-1].bias, cls_bias)            # are too small to learn in a `mini` schedule
     if self.refine is not None:
         nn.init.zeros_(self.refine.weight); nn.init.zeros_(self.refine.bias)   # P' = P at the start
 
