@@ -55,9 +55,13 @@ def stages(repo: Path) -> list[str]:
     "Pipeline order: data, configs, pretrain, then each experiment's training and evaluation in params order, tables."
     import yaml
     names = set(run(["dvc", "stage", "list", "--name-only"], repo).split())
-    experiments = list(yaml.safe_load((repo / "params.yaml").read_text())["experiments"])
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    experiments = [e for key, group in params.items() if key == "experiments" or (key.endswith("_experiments") and key != "coco_experiments")
+                   for e in group]
     order = [n for n in PREREQUISITES if n in names]
-    order += [f"{kind}@{e}" for e in experiments for kind in ("train", "evaluate") if f"{kind}@{e}" in names]
+    for e in experiments:   # train@<e> and evaluate@<e>, or the per-paper group's train_<paper>@<e> and evaluate_<paper>@<e>
+        order += sorted((n for n in names if n.split("@")[-1] == e and n.split("@")[0].split("_")[0] in ("train", "evaluate")),
+                        key=lambda n: not n.startswith("train"))
     return order + sorted(names - set(order) - {"tables"}) + (["tables"] if "tables" in names else [])
 
 
@@ -83,8 +87,8 @@ def _up_to_date(repo: Path, stage: str) -> bool:
 
 def report(profile: str, repo: Path, times: dict) -> str:
     total = sum(times.values())
-    baseline = sum(v for k, v in times.items() if k.split("@")[0] in ("train", "evaluate") and "@baseline_" in k)
-    runs = {k: v for k, v in times.items() if k.split("@")[0] in ("train", "evaluate")}
+    baseline = sum(v for k, v in times.items() if k.split("@")[0].split("_")[0] in ("train", "evaluate") and "@baseline_" in k)
+    runs = {k: v for k, v in times.items() if k.split("@")[0].split("_")[0] in ("train", "evaluate")}
     unihead = sum(v for k, v in runs.items() if "@baseline_" not in k)
     lines = [f"### Pipeline `{profile}`", "", f"Measured on {platform.node() and 'this machine'}: {os.cpu_count()} cores, "
              f"`torch.set_num_threads` from params (`train.threads`), `dvc repro` stage by stage. Total wall time: "

@@ -12,7 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .core import ConfigError, DataError, UVError, atomic_path, deep_merge, load_yaml, resolve_experiment, write_json
+from .core import (ConfigError, DataError, UVError, atomic_path, deep_merge, experiment_groups, load_yaml,
+                                 resolve_experiment, write_json)
 from .data.coco import TASK_ANNOTATION_PREFIX, coco_paths
 
 # %% auto #0
@@ -163,7 +164,7 @@ def stage_configs(params: dict, profile: str | None = None, out="configs") -> li
     The training and evaluation stages depend on these files instead of on whole sections of params.yaml, so an
     edit reruns exactly the experiments whose resolved configuration it changes."""
     profile, cfg = profile_config(params, profile)
-    configs = {name: experiment_config(params, name, profile) for name in params.get("experiments") or {}}
+    configs = {name: experiment_config(params, name, profile) for name in experiment_groups(params)}
     if (cfg.get("pretrain") or {}).get("enabled", False):
         configs["pretrain"] = pretrain_config(params, profile)
     else:

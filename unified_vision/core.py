@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import importlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import yaml
 
 # %% auto #0
 __all__ = ['PARAMS_SECTIONS', 'UVError', 'DataError', 'ConfigError', 'Registry', 'deep_merge', 'load_yaml', 'resolve_experiment',
-           'require', 'atomic_path', 'write_json', 'seed_everything', 'sample_rng']
+           'experiment_groups', 'require', 'atomic_path', 'write_json', 'seed_everything', 'sample_rng']
 
 # %% ../nbs/00_core.ipynb #3e202292
 class UVError(Exception):
@@ -45,8 +46,9 @@ class ConfigError(UVError):
 class Registry:
     "Name -> constructor table; `register` is a decorator, `build` makes an object from a config."
 
-    def __init__(self, kind: str):
-        self.kind, self._items = kind, {}
+    def __init__(self, kind: str, package: str | None = None):
+        "`package`: where a module named after an unknown entry is looked for (`<package>.<name>`) before giving up."
+        self.kind, self._items, self.package = kind, {}, package
 
     def register(self, name: str | None = None) -> Callable:
         def deco(obj):
@@ -59,6 +61,12 @@ class Registry:
         return deco
 
     def get(self, name: str, where: str = "params.yaml"):
+        if name not in self._items and self.package and str(name).isidentifier():
+            try:   # a new head or framework is a new module: nothing else has to import it (nor change)
+                importlib.import_module(f"{self.package}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{self.package}.{name}":
+                    raise
         if name not in self._items:
             raise ConfigError(where, f"unknown {self.kind} '{name}'", self._suggest(name))
         return self._items[name]
@@ -114,7 +122,7 @@ def _require_mapping(params: dict, key: str, where: str) -> dict:
 def resolve_experiment(params: dict, name: str, profile: str | None = None, where: str = "params.yaml") -> dict:
     "The configuration of experiment `name`: `defaults` <- `profiles[profile]` <- `experiments[name]`."
     profiles = _require_mapping(params, "profiles", where)
-    experiments = {**(params.get("coco_experiments") or {}), **_require_mapping(params, "experiments", where)}
+    experiments = {**experiment_groups(params, include_coco=True), **_require_mapping(params, "experiments", where)}
     profile = profile or params.get("profile")
     if profile not in profiles:
         raise ConfigError(where, f"unknown profile '{profile}'", f"use one of: {', '.join(profiles)}")
@@ -131,6 +139,19 @@ def resolve_experiment(params: dict, name: str, profile: str | None = None, wher
     cfg = deep_merge(*layers, {k: v for k, v in exp.items() if k != "base"})
     cfg.update(experiment=name, profile=profile)
     return _apply_backbone_preset(cfg, ((exp.get("model") or {}).get("backbone") or {}), name, where)
+
+
+def experiment_groups(params: dict, include_coco: bool = False) -> dict:
+    """Every experiment of `experiments` and of the per-paper groups `<paper>_experiments` (each group has its own DVC
+    stages, which depend on that paper's modules); `coco_experiments` (declared, run by hand) only with `include_coco`."""
+    out = dict(params.get("experiments") or {})
+    for key, group in params.items():
+        if key.endswith("_experiments") and (include_coco or key != "coco_experiments"):
+            clash = set(out) & set(group or {})
+            if clash:
+                raise ConfigError("params.yaml", f"experiment name(s) {sorted(clash)} appear in two groups", "rename one of them")
+            out.update(group or {})
+    return out
 
 
 def _apply_backbone_preset(cfg: dict, exp_backbone: dict, name: str, where: str) -> dict:

@@ -12,7 +12,6 @@ from torch import nn
 import unified_vision.frameworks.dense  # noqa: F401  (registers retinanet, fcos, atss)
 from ..core import ConfigError, require
 from .two_stage import FRAMEWORKS, _build_head
-import unified_vision.heads.unihead  # noqa: F401  (registers unihead)
 from ..heads.baseline import HEADS
 from ..models.backbones import BackboneFPN, TimmBackbone
 

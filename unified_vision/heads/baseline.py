@@ -19,7 +19,7 @@ __all__ = ['HEADS', 'flatten_levels', 'conv_tower', 'Scale', 'DenseHead', 'retin
            'TwoFCHead', 'MaskConvHead']
 
 # %% ../../nbs/30_heads.baseline.ipynb #bb61fa51
-HEADS = Registry("head")
+HEADS = Registry("head", package="unified_vision.heads")
 
 def flatten_levels(maps: list[torch.Tensor], per_prior: int) -> torch.Tensor:
     "Per-level maps `[B, A*K, H, W]` -> `[B, sum_l H*W*A, K]` (location-major, then anchor)."
