@@ -25,6 +25,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
+    try:   # backbones defined in this repository (e.g. with deformable convolutions) register with timm on import
+        import unified_vision.models.extra_backbones  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "unified_vision.models.extra_backbones":
+            raise
+    if timm.is_model(name):
+        return
     import difflib
     close = difflib.get_close_matches(name, timm.list_models(), n=3)
     raise ConfigError("params.yaml", f"unknown backbone '{name}' (not a timm model)",
