@@ -98,6 +98,9 @@ def report(profile: str, repo: Path, times: dict) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in times.items()]
     lines += ["", "| experiment | iterations | training s/iter | training images/s | peak RSS of the training kernel (MB) |", "|---|---|---|---|---|"]
     for t in sorted((repo / "logs").glob("*/timing.json")):
+        name = t.parent.name
+        if not (name in times or any(k.split("@")[0].startswith("train") and k.endswith(f"@{name}") for k in times)):
+            continue   # a log of an earlier run
         d = json.loads(t.read_text())
         lines.append(f"| {t.parent.name} | {d['iterations']} | {d['s_per_iter']} | {d['images_per_s']} | {d['peak_rss_mb']} |")
     return "\n".join(lines) + "\n"
@@ -108,12 +111,22 @@ def main():
     p.add_argument("--profile", default="smoke")
     p.add_argument("--in-place", action="store_true", help="run in this repository (updates dvc.lock and results/)")
     p.add_argument("--resume", action="store_true", help="skip the stages a previous (interrupted) in-place run already timed")
+    p.add_argument("--report-only", action="store_true", help="write the Markdown from the times saved so far (an unfinished run)")
     args = p.parse_args()
     repo = ROOT if args.in_place else scratch_copy(args.profile)
     if args.in_place:
         cur = re.search(r"^profile: (\w+)", (ROOT / "params.yaml").read_text(), re.M).group(1)
         assert cur == args.profile, f"params.yaml names profile {cur}; in-place runs use the profile params.yaml names"
     progress = ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.times.json"
+    if args.report_only:
+        times = json.loads(progress.read_text())
+        todo = [n for n in stages(repo) if n not in times]
+        text = report(args.profile, repo, times)
+        if todo:
+            text += f"\n**Unfinished run**: {len(todo)} of {len(todo) + len(times)} stages not run yet ({', '.join(todo[:6])}{', ...' if len(todo) > 6 else ''}).\n"
+        (ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.md").write_text(text)
+        print(text)
+        return
     times = time_stages(repo, progress, resume=args.resume and args.in_place)
     out = ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.md"
     out.write_text(report(args.profile, repo, times))

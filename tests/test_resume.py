@@ -43,7 +43,8 @@ def test_resume_after_kill_equals_uninterrupted(smoke_cfg, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     m_a = run_evaluation(cfg, tmp_path / "straight" / "model.pt", progress=False)
     m_b = run_evaluation(cfg, tmp_path / "killed" / "model.pt", progress=False)
-    assert m_a == m_b
+    untimed = lambda m: {k: v for k, v in m.items() if not k.endswith("_ms")}  # wall-clock cost varies run to run
+    assert untimed(m_a) == untimed(m_b) and "bbox_AP" in m_a
 
 
 def test_changed_config_does_not_resume(smoke_cfg, tmp_path):

@@ -118,7 +118,7 @@ def trace_unihead(model, image: torch.Tensor, stage: int = -1, max_anchors: int 
     "Points, refinement, detection and every attention map of UniHead for the best `max_anchors` post-NMS detections of `image`."
     stage = stage % len(model.stages)
     head = model.stages[stage].head
-    if not isinstance(head, UniHeadRoI):
+    if type(head).__name__ != "UniHeadRoI":   # by name: notebooks run in one process re-define the class
         raise TypeError(f"stage {stage} of the model has a {type(head).__name__} RoI head, not UniHead")
     blocks = [b for bl in _head_blocks(head).values() for b in bl]
     was_training, recording = model.training, [b.record for b in blocks]
