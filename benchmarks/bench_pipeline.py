@@ -82,7 +82,7 @@ def time_stages(repo: Path, progress: Path, resume: bool = False) -> dict:
 
 
 def _up_to_date(repo: Path, stage: str) -> bool:
-    return "changed" not in run(["dvc", "status", "--single-item", stage], repo)
+    return "changed" not in run(["dvc", "status", stage], repo)
 
 
 def report(profile: str, repo: Path, times: dict) -> str:
