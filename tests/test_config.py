@@ -71,3 +71,24 @@ def test_registry_imports_a_module_named_after_an_unknown_entry(tmp_path, monkey
     assert reg.build("myhead") == 42
     with pytest.raises(ConfigError, match="unknown head 'nohead'"):
         reg.get("nohead")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "mini"])
+def test_every_backbone_preset_of_a_profile_runs(params, profile):
+    "Each backbone a run of `profile` uses builds and gives non-empty features (a scaled-down preset can reach zero width)."
+    import torch
+    from unified_vision.models.backbones import TimmBackbone
+    size = 64
+    seen = set()
+    for name in experiment_groups(params):
+        bb = resolve_experiment(params, name, profile)["model"]["backbone"]
+        key = (bb["name"], json.dumps(bb.get("kwargs", {}), sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        torch.manual_seed(0)
+        net = TimmBackbone(bb["name"], (32,), False, **bb.get("kwargs", {})).eval()
+        with torch.no_grad():
+            feats = net(torch.rand(1, 3, size, size))
+        assert feats[-1].numel() > 0 and torch.isfinite(feats[-1]).all(), (profile, name, bb["name"])
+    assert len(seen) >= 5
