@@ -118,17 +118,17 @@ def main():
         cur = re.search(r"^profile: (\w+)", (ROOT / "params.yaml").read_text(), re.M).group(1)
         assert cur == args.profile, f"params.yaml names profile {cur}; in-place runs use the profile params.yaml names"
     progress = ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.times.json"
+    out = progress.with_name(f"pipeline_{args.profile}.md")
     if args.report_only:
         times = json.loads(progress.read_text())
         todo = [n for n in stages(repo) if n not in times]
         text = report(args.profile, repo, times)
         if todo:
             text += f"\n**Unfinished run**: {len(todo)} of {len(todo) + len(times)} stages not run yet ({', '.join(todo[:6])}{', ...' if len(todo) > 6 else ''}).\n"
-        (ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.md").write_text(text)
+        out.write_text(text)
         print(text)
         return
     times = time_stages(repo, progress, resume=args.resume and args.in_place)
-    out = ROOT / "benchmarks" / "results" / f"pipeline_{args.profile}.md"
     out.write_text(report(args.profile, repo, times))
     print(out.read_text())
     if not args.in_place:
