@@ -77,8 +77,34 @@ def time_stages(repo: Path, progress: Path, resume: bool = False) -> dict:
         run(["dvc", "repro", "--single-item", "--force", name], repo)
         times[name] = time.perf_counter() - start
         progress.write_text(json.dumps(times, indent=1))
+        _record_day(progress, name)
         print(f"{name}: {times[name]:.1f} s", flush=True)
     return times
+
+
+def _days_file(progress: Path) -> Path:
+    return progress.with_name(progress.name.replace(".times.json", ".days.json"))
+
+
+def _record_day(progress: Path, stage: str) -> None:
+    "When each stage was timed: a resumed run mixes sessions, which may have had different machines."
+    path = _days_file(progress)
+    days = json.loads(path.read_text()) if path.exists() else {}
+    days[stage] = time.strftime("%Y-%m-%d")
+    path.write_text(json.dumps(days, indent=1))
+
+
+def _sessions_note(progress: Path, times: dict) -> str:
+    path = _days_file(progress)
+    days = json.loads(path.read_text()) if path.exists() else {}
+    by_day = {}
+    for k in times:
+        by_day.setdefault(days.get(k, "an earlier session"), []).append(k)
+    if len(by_day) < 2:
+        return ""
+    parts = [f"{len(v)} on {d}" + (f" ({', '.join(v)})" if len(v) <= 20 else "") for d, v in sorted(by_day.items())]
+    return ("Stages timed in different sessions (`--resume`), which may have run on different machines of this kind: "
+            + "; ".join(parts) + ". Compare stages timed in the same session.")
 
 
 def _up_to_date(repo: Path, stage: str) -> bool:
@@ -87,14 +113,17 @@ def _up_to_date(repo: Path, stage: str) -> bool:
 
 def report(profile: str, repo: Path, times: dict) -> str:
     total = sum(times.values())
-    baseline = sum(v for k, v in times.items() if k.split("@")[0].split("_")[0] in ("train", "evaluate") and "@baseline_" in k)
     runs = {k: v for k, v in times.items() if k.split("@")[0].split("_")[0] in ("train", "evaluate")}
-    unihead = sum(v for k, v in runs.items() if "@baseline_" not in k)
+    is_baseline = lambda k: k.split("@")[0] in ("train", "evaluate")   # the `experiments` group; paper groups are train_<paper>@
+    baseline = sum(v for k, v in runs.items() if is_baseline(k))
+    unihead = sum(v for k, v in runs.items() if not is_baseline(k))
     lines = [f"### Pipeline `{profile}`", "", f"Measured on {platform.node() and 'this machine'}: {os.cpu_count()} cores, "
              f"`torch.set_num_threads` from params (`train.threads`), `dvc repro` stage by stage. Total wall time: "
-             f"**{total / 60:.1f} min**; the baseline detectors' stages (`train@baseline_*` and `evaluate@baseline_*`): "
+             f"**{total / 60:.1f} min**; the baseline detectors' stages (`train@*` and `evaluate@*`, the `experiments` group): "
              f"**{baseline / 60:.1f} min**; the paper experiments' stages (all other `train@`/`evaluate@`, UniHead Tables 1-9): "
-             f"**{unihead / 60:.1f} min** over {len(runs) // 2 - sum('@baseline_' in k for k in runs) // 2} experiments.", "", "| stage | wall time (s) |", "|---|---|"]
+             f"**{unihead / 60:.1f} min** over {sum(not is_baseline(k) for k in runs) // 2} experiments.", "", "| stage | wall time (s) |", "|---|---|"]
+    note = _sessions_note(ROOT / "benchmarks" / "results" / f"pipeline_{profile}.times.json", times)
+    lines[-2:-2] = [note, ""] if note else []
     lines += [f"| {k} | {v:.1f} |" for k, v in times.items()]
     lines += ["", "| experiment | iterations | training s/iter | training images/s | peak RSS of the training kernel (MB) |", "|---|---|---|---|---|"]
     for t in sorted((repo / "logs").glob("*/timing.json")):

@@ -1,0 +1,43 @@
+"The analysis scripts' scoring helpers (analysis/keypoints_pck.py): matching and PCK on hand-made persons."
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location("keypoints_pck", Path(__file__).parents[1] / "analysis" / "keypoints_pck.py")
+pckmod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pckmod)
+
+
+def person(image_id, box, kpts):
+    k = np.c_[np.asarray(kpts, float), np.full(len(kpts), 2.0)]
+    return {"image_id": image_id, "bbox": list(box), "keypoints": k.ravel().tolist()}
+
+
+def test_box_iou_of_xywh_boxes():
+    iou = pckmod.box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5]])[0]
+    np.testing.assert_allclose(iou, [1.0, 50 / 150, 0.0])
+
+
+def test_match_takes_the_best_scoring_overlap_once_per_prediction():
+    gts = [person(1, (0, 0, 10, 20), [[5, 5]]), person(1, (1, 0, 10, 20), [[5, 5]]), person(2, (0, 0, 10, 20), [[5, 5]])]
+    low = {"image_id": 1, "bbox": [0, 0, 10, 20], "score": 0.2, "keypoints": [0, 0, 1]}
+    high = {"image_id": 1, "bbox": [0, 1, 10, 20], "score": 0.9, "keypoints": [0, 0, 1]}
+    far = {"image_id": 2, "bbox": [50, 50, 10, 20], "score": 1.0, "keypoints": [0, 0, 1]}
+    m = pckmod.match_people(gts, [low, high, far])
+    assert m[0] is high and m[1] is low and m[2] is None      # the second person gets what the first left
+
+
+def test_pck_counts_visible_keypoints_within_alpha_of_the_longer_side():
+    g = person(1, (0, 0, 10, 20), [[0, 0], [10, 10]])
+    g["keypoints"][5] = 0.0                                      # second keypoint not labelled: not counted
+    near = np.array([[3.9, 0, 1], [100, 100, 1]])               # 3.9 px off; longer side 20
+    assert pckmod.pck([g], [near], 0.2) == 1.0                   # within 4 px
+    assert pckmod.pck([g], [near], 0.1) == 0.0                   # not within 2 px
+    assert pckmod.pck([g, g], [near, None], 0.2) == pytest.approx(0.5)   # an unmatched person misses its keypoints
+
+
+def test_layout_in_box_inverts_the_mean_layout_convention():
+    layout = np.array([[0.0, -0.5], [0.25, 0.5]])                # relative to the box centre, in box widths/heights
+    np.testing.assert_allclose(pckmod.layout_in_box(layout, (10, 20, 8, 40))[:, :2], [[14, 20], [16, 60]])
