@@ -30,20 +30,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "analysis"))
+from keypoints_oks_scale import persons  # noqa: E402  (the validation persons with keypoints)
 ALPHAS = (0.05, 0.1, 0.2)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    "IoU of xywh boxes `a` [N, 4] against `b` [M, 4]."
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    union = a[:, 2:].prod(-1)[:, None] + b[:, 2:].prod(-1)[None] - inter
-    return inter / np.maximum(union, 1e-9)
 
 
 def match_people(gts: list[dict], preds: list[dict], iou: float = 0.5) -> list[dict | None]:
@@ -54,7 +47,7 @@ def match_people(gts: list[dict], preds: list[dict], iou: float = 0.5) -> list[d
     matched, used = [], set()
     for g in gts:
         cands = [p for p in by_image.get(g["image_id"], []) if id(p) not in used]
-        ious = box_iou([g["bbox"]], [p["bbox"] for p in cands])[0] if cands else np.zeros(0)
+        ious = mask_utils.iou([p["bbox"] for p in cands], [g["bbox"]], [0])[:, 0] if cands else np.zeros(0)   # xywh boxes
         ok = [p for p, v in zip(cands, ious) if v >= iou]
         best = ok[0] if ok else None      # candidates are in score order
         if best is not None:
@@ -81,10 +74,6 @@ def layout_in_box(layout: np.ndarray, box) -> np.ndarray:
     x, y, w, h = box
     xy = np.array([x + w / 2, y + h / 2]) + layout * np.array([w, h])
     return np.c_[xy, np.ones(len(xy))]
-
-
-def persons(coco) -> list[dict]:
-    return [a for a in coco.loadAnns(coco.getAnnIds(iscrowd=False)) if a.get("num_keypoints")]
 
 
 def run_models(experiment: str, threads: int):

@@ -15,11 +15,6 @@ def person(image_id, box, kpts):
     return {"image_id": image_id, "bbox": list(box), "keypoints": k.ravel().tolist()}
 
 
-def test_box_iou_of_xywh_boxes():
-    iou = pckmod.box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5]])[0]
-    np.testing.assert_allclose(iou, [1.0, 50 / 150, 0.0])
-
-
 def test_match_takes_the_best_scoring_overlap_once_per_prediction():
     gts = [person(1, (0, 0, 10, 20), [[5, 5]]), person(1, (1, 0, 10, 20), [[5, 5]]), person(2, (0, 0, 10, 20), [[5, 5]])]
     low = {"image_id": 1, "bbox": [0, 0, 10, 20], "score": 0.2, "keypoints": [0, 0, 1]}

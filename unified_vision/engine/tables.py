@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -109,9 +110,7 @@ def _fmt_mean_std(vals: list[float], key: str) -> str:
         return "–"
     if len(vals) == 1:
         return _fmt(vals[0], key)
-    mean = sum(vals) / len(vals)
-    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-    return f"{_fmt(mean, key)} ± {_fmt(std, key)}"
+    return f"{_fmt(statistics.mean(vals), key)} ± {_fmt(statistics.stdev(vals), key)}"
 
 
 def _row_label(row: dict, metrics_dir) -> str:
