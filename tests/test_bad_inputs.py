@@ -86,6 +86,23 @@ def test_unknown_names_in_params(workdir, capsys, key, value, message):
     assert not (workdir / "runs").exists()
 
 
+def test_configs_stage_checks_every_run(workdir, capsys):
+    "The pipeline checks names once, in the `configs` stage, before anything trains; it writes no configs on an error."
+    _edit_params(workdir / "params.yaml", lambda p: p["unihead_experiments"]["uni_fcos"].update(head="uni_hed"))
+    assert main(["--profile", "smoke", "configs"]) == 2
+    assert "unknown head 'uni_hed'" in capsys.readouterr().err
+    assert not (workdir / "configs").exists()
+
+
+def test_train_without_check_leaves_the_check_to_the_configs_stage(workdir, monkeypatch):
+    "`train NAME --no-check` (what dvc.yaml runs) goes straight to the notebook; without the flag the names are checked."
+    calls = []
+    monkeypatch.setattr("unified_vision.cli.run_notebook", lambda *a: calls.append(a[0]))
+    _edit_params(workdir / "params.yaml", lambda p: p["experiments"]["baseline_faster_rcnn"].update(head="uni_hed"))
+    assert main(["--profile", "smoke", "train", "baseline_faster_rcnn"]) == 2 and not calls
+    assert main(["--profile", "smoke", "train", "baseline_faster_rcnn", "--no-check"]) == 0 and len(calls) == 1
+
+
 def test_unknown_backbone(workdir, capsys):
     _edit_params(workdir / "params.yaml", lambda p: p["profiles"]["smoke"]["model"]["backbone"].update(name="resnet19"))
     assert main(["--profile", "smoke", "train", "baseline_retinanet"]) == 2

@@ -92,3 +92,12 @@ def test_every_backbone_preset_of_a_profile_runs(params, profile):
             feats = net(torch.rand(1, 3, size, size))
         assert feats[-1].numel() > 0 and torch.isfinite(feats[-1]).all(), (profile, name, bb["name"])
     assert len(seen) >= 5
+
+
+def test_stage_command_line_starts_without_torch():
+    "Every DVC stage runs `python -m unified_vision.cli`: importing it, and papermill through it, loads no torch and no slow optional checker."
+    import subprocess, sys
+    code = ("import sys, unified_vision.cli as c; c.import_papermill(); "
+            "print(sorted(m for m in ('torch', 'timm', 'rfc3987_syntax') if sys.modules.get(m) is not None))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,6 +11,7 @@ def test_ground_truth_scores_one(smoke_data, task, iou_type):
     gt = load_coco(coco_paths(smoke_data / "coco", "val", task)[0])
     stats = coco_evaluate(gt, ground_truth_as_results(gt, iou_type), iou_type)
     assert stats["AP"] == pytest.approx(1.0)
+    assert stats["APl"] is None       # no large object in the smoke images: undefined, not 0
 
 
 def test_converted_targets_score_one(smoke_data):
@@ -27,5 +28,8 @@ def test_converted_targets_score_one(smoke_data):
 
 
 def test_empty_results_score_zero(smoke_data):
+    "No detections: 0 where ground truth exists, undefined (None) for a size range without any (no large object at smoke size)."
     gt = load_coco(coco_paths(smoke_data / "coco", "val")[0])
-    assert coco_evaluate(gt, [], "bbox")["AP"] == 0.0
+    stats = coco_evaluate(gt, [], "bbox")
+    assert stats["AP"] == 0.0 and stats["APs"] == 0.0
+    assert stats["APl"] is None and stats["ARl"] is None

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from .core import (ConfigError, DataError, UVError, atomic_path, deep_merge, experiment_groups, load_yaml,
                                  resolve_experiment, write_json)
-from .data.coco import TASK_ANNOTATION_PREFIX, coco_paths
 
 # %% auto #0
-__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'run_notebook', 'experiment_config', 'prune_config',
-           'stage_train', 'stage_evaluate', 'stage_pretrain', 'pretrain_config', 'stage_configs', 'stage_tables',
-           'main']
+__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'import_papermill', 'run_notebook',
+           'experiment_config', 'prune_config', 'stage_train', 'stage_evaluate', 'stage_pretrain', 'pretrain_config',
+           'stage_configs', 'stage_tables', 'main']
 
 # %% ../nbs/74_cli.ipynb #b5433d89
 def profile_config(params: dict, profile: str | None = None) -> tuple[str, dict]:
@@ -48,6 +47,7 @@ def stage_data(params: dict, out_root="generated", profile: str | None = None) -
 # %% ../nbs/74_cli.ipynb #e82c677c
 def check_coco_folder(root: Path, tasks) -> dict:
     "Manifest `{file: size}` of the annotation files `tasks` need; `DataError` naming the first missing one."
+    from unified_vision.data.coco import coco_paths
     manifest = {}
     for task in tasks:
         for split in ("train", "val"):
@@ -61,9 +61,16 @@ def check_coco_folder(root: Path, tasks) -> dict:
     return manifest
 
 # %% ../nbs/74_cli.ipynb #16b4c02e
+def import_papermill():
+    "papermill, imported without jsonschema's optional IRI checker (`rfc3987_syntax`, a grammar compiled at import)."
+    sys.modules.setdefault("rfc3987_syntax", None)     # None in sys.modules: `import rfc3987_syntax` raises ImportError,
+    import papermill                                   # which jsonschema expects of an optional checker and skips
+    return papermill
+
+
 def run_notebook(template, output, parameters: dict) -> Path:
     "Execute `template` with `parameters` into `output` (atomically); raise with the failed copy's path."
-    import papermill as pm
+    pm = import_papermill()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
@@ -101,10 +108,11 @@ def prune_config(cfg: dict) -> dict:
     return cfg
 
 
-def stage_train(params: dict, name: str, profile: str | None = None, runs="runs", logs="logs") -> Path:
-    "Run the training notebook of experiment `name`."
+def stage_train(params: dict, name: str, profile: str | None = None, runs="runs", logs="logs", check: bool = True) -> Path:
+    "Run the training notebook of experiment `name` (`check=False`: its names were checked by the `configs` stage)."
     cfg = experiment_config(params, name, profile)
-    _check_experiment(cfg)
+    if check:
+        _check_experiment(cfg)
     params_nb = {"config": cfg, "run_dir": f"{runs}/{name}", "logs_dir": f"{logs}/{name}"}
     return run_notebook(NOTEBOOKS / "train.ipynb", Path(runs) / name / "train.ipynb", params_nb)
 
@@ -169,6 +177,9 @@ def stage_configs(params: dict, profile: str | None = None, out="configs") -> li
         configs["pretrain"] = pretrain_config(params, profile)
     else:
         configs["pretrain"] = {"experiment": "pretrain", "profile": profile, "enabled": False}
+    for c in configs.values():
+        if c.get("enabled", True):
+            _check_experiment(c)
     out = Path(out)
     with atomic_path(out, is_dir=True) as tmp:
         for name, c in configs.items():
@@ -193,11 +204,13 @@ def main(argv=None) -> int:
     sub.add_parser("data"); sub.add_parser("tables"); sub.add_parser("pretrain"); sub.add_parser("configs")
     for c in ("train", "evaluate"):
         sub.add_parser(c).add_argument("experiment")
+    sub.choices["train"].add_argument("--no-check", action="store_true",
+                                      help="skip the name checks (the pipeline's `configs` stage made them for every run)")
     args = p.parse_args(argv)
     try:
         params = load_yaml(args.params)
         if args.command == "data": stage_data(params, profile=args.profile)
-        elif args.command == "train": stage_train(params, args.experiment, args.profile)
+        elif args.command == "train": stage_train(params, args.experiment, args.profile, check=not args.no_check)
         elif args.command == "evaluate": stage_evaluate(params, args.experiment, args.profile)
         elif args.command == "tables": stage_tables(params)
         elif args.command == "pretrain": stage_pretrain(params, args.profile)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 import yaml
 
 # %% auto #0
@@ -206,6 +205,7 @@ def write_json(path, obj, indent: int | None = 2) -> Path:
 # %% ../nbs/00_core.ipynb #63b36f8d
 def seed_everything(seed: int) -> None:
     "Seed Python's, NumPy's and torch's global generators."
+    import torch       # here, not at the top: `core` is imported by every DVC stage's command line, which needs no torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm.auto import tqdm
 
@@ -66,15 +67,22 @@ KPT_STAT_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm
 def coco_evaluate(coco_gt, results: list[dict], iou_type: str = "bbox", image_ids=None) -> dict:
     "COCOeval summary for `iou_type` in {'bbox', 'segm', 'keypoints'}, as a dict of named floats."
     names = KPT_STAT_NAMES if iou_type == "keypoints" else BOX_STAT_NAMES
-    if not results:
-        return {n: 0.0 for n in names}
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = coco_gt.loadRes(results)
-        ev = COCOeval(coco_gt, dt, iou_type)
+        ev = COCOeval(coco_gt, _load_results(coco_gt, results), iou_type)
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
         ev.evaluate(); ev.accumulate(); ev.summarize()
-    return {n: float(max(v, 0.0)) for n, v in zip(names, ev.stats)}
+    return {n: float(v) if v >= 0 else None for n, v in zip(names, ev.stats)}     # -1: undefined (no ground truth)
+
+
+def _load_results(coco_gt, results: list[dict]) -> COCO:
+    "`coco_gt.loadRes(results)`, also for an empty list (which `loadRes` cannot index)."
+    if results:
+        return coco_gt.loadRes(results)
+    dt = COCO()
+    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    dt.createIndex()
+    return dt
 
 # %% ../../nbs/71_engine.evaluate.ipynb #a5118def
 def ground_truth_as_results(coco_gt, iou_type: str) -> list[dict]:
