@@ -1,4 +1,4 @@
-"The analysis scripts' scoring helpers (analysis/keypoints_pck.py): matching and PCK on hand-made persons."
+"The analysis scripts' helpers: matching and PCK on hand-made persons (keypoints_pck.py); weight hashes and verdicts (determinism_probe.py)."
 import importlib.util
 from pathlib import Path
 
@@ -36,3 +36,29 @@ def test_pck_counts_visible_keypoints_within_alpha_of_the_longer_side():
 def test_layout_in_box_inverts_the_mean_layout_convention():
     layout = np.array([[0.0, -0.5], [0.25, 0.5]])                # relative to the box centre, in box widths/heights
     np.testing.assert_allclose(pckmod.layout_in_box(layout, (10, 20, 8, 40))[:, :2], [[14, 20], [16, 60]])
+
+
+_spec = importlib.util.spec_from_file_location("determinism_probe", Path(__file__).parents[1] / "analysis" / "determinism_probe.py")
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
+
+
+def test_weights_hash_sees_one_changed_bit():
+    import torch
+    a = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(2)}
+    b = {k: v.clone() for k, v in a.items()}
+    assert probe.weights_hash(a) == probe.weights_hash(b)
+    b["w"][1, 2] = torch.nextafter(b["w"][1, 2], torch.tensor(10.0))          # one ulp
+    assert probe.weights_hash(a) != probe.weights_hash(b)
+
+
+def test_probe_verdict_per_setting():
+    def record(family, model, hashes):
+        return {"date": "2026-12-02", "iterations": 30, "repeatable": True,
+                "cpu": {"model name": "X", "cpu family": family, "model": model, "extensions": ["avx2"]},
+                "variants": {n: {"hash": h * 16, "seconds": 1.0} for n, h in zip(probe.VARIANTS, hashes)}}
+    one = probe.render([record("25", "17", "abc")])
+    assert one.count("only one CPU model so far") == len(probe.VARIANTS)
+    two = probe.render([record("25", "17", "abc"), record("25", "1", "xbx")])
+    assert "`default` (no switch): 2 record(s), 2 CPU model(s): 2 different results" in two
+    assert "`avx2` (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_CBWR=AVX2): 2 record(s), 2 CPU model(s): the same weights on every CPU model" in two

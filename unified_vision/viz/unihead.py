@@ -23,7 +23,7 @@ from matplotlib.patches import Polygon, Rectangle
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import clip_boxes_to_image
 
-from ..core import DataError, UVError, deep_merge, resolve_experiment
+from ..core import DataError, UVError, deep_merge, experiment_groups, resolve_experiment
 from ..data.coco import Sample, collate
 from ..data.synthetic import SKELETON
 from ..heads.unihead import Block, UniHeadRoI
@@ -399,8 +399,8 @@ UNIHEAD_EXPERIMENTS = {"uni_faster_rcnn": ("detection", 16), "uni_seg": ("instan
                        "uni_keypoints": ("keypoints", 17)}
 
 def unihead_config(params: dict, name: str, profile: str | None = None) -> dict:
-    "Experiment `name` of params.yaml, or (not declared there) `baseline_faster_rcnn` with UniHead for its task and K."
-    if name in (params.get("experiments") or {}):
+    "Experiment `name` of params.yaml (any group), or (not declared) `baseline_faster_rcnn` with UniHead for its task and K."
+    if name in experiment_groups(params):
         return resolve_experiment(params, name, profile)
     if name not in UNIHEAD_EXPERIMENTS:
         raise KeyError(f"unknown UniHead experiment {name!r}: use one of {list(UNIHEAD_EXPERIMENTS)}")
