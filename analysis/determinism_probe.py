@@ -1,9 +1,9 @@
 """Which CPU settings make training bit-identical across machines of this kind? A probe to run once on each machine.
 
 The `pretrain` stage has given three different checkpoints on three machines of this kind (x86, 2 cores each,
-different CPU models), while it is repeatable on any one of them. PyTorch on x86 picks its kernels by the instruction sets the CPU has: ATen's vectorised kernels
-(AVX2 or AVX-512), oneDNN's convolutions and MKL's matrix products each dispatch on their own, and a float sum taken
-in another order rounds differently. A run can only be bit-identical where the same kernels run, with the same
+different CPU models), while it is repeatable on any one of them. PyTorch on x86 picks its kernels by the
+instruction sets the CPU has: ATen's vectorised kernels (AVX2 or AVX-512), oneDNN's convolutions and MKL's matrix
+products each dispatch on their own, and a float sum taken in another order rounds differently. A run can only be bit-identical where the same kernels run, with the same
 number of threads. Each library has a switch that caps the instruction set it uses:
 
 * `ATEN_CPU_CAPABILITY` (`default`, `avx2`, `avx512`) for ATen;
