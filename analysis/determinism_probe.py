@@ -10,13 +10,14 @@ number of threads. Each library has a switch that caps the instruction set it us
 * `ONEDNN_MAX_CPU_ISA` (`SSE41`, `AVX2`, ...) for oneDNN;
 * `MKL_CBWR` (conditional bitwise reproducibility: `COMPATIBLE`, `AVX2`, ...) for MKL.
 
-This script trains a short, fixed piece of the pipeline, the `mini` backbone pretraining (random initialisation,
-the profile's 2 threads, `--iterations` steps), once per setting, each in a fresh process because the switches are
+This script trains a short, fixed piece of the pipeline, by default the `mini` backbone pretraining (random
+initialisation, the profile's 2 threads, `--iterations` steps; `--experiment <name>` trains that experiment of the
+profile instead, e.g. a detector, also from random weights), once per setting, each in a fresh process because the switches are
 read when torch loads, and records the SHA-256 of the resulting weights beside the machine's CPU. The default
 setting runs twice, to show the run is repeatable on one machine. Run on several machines, the records say which
 setting gives the same weights everywhere, and at what speed: the one the pipeline could pin.
 
-Usage: python analysis/determinism_probe.py [--iterations 30]
+Usage: python analysis/determinism_probe.py [--iterations 30] [--experiment pretrain|<experiment name>]
 Needs `generated/mini` (`dvc repro data`). Appends one record per machine to analysis/determinism_probe.jsonl and
 rewrites analysis/determinism_probe.md from all records.
 """
@@ -52,14 +53,15 @@ def weights_hash(state_dict) -> str:
     return h.hexdigest()
 
 
-def train_once(iterations: int, profile: str = "mini") -> dict:
-    "The profile's backbone pretraining for `iterations` steps from random weights, in this process."
+def train_once(iterations: int, profile: str = "mini", experiment: str = "pretrain") -> dict:
+    "`experiment` (the backbone pretraining by default) for `iterations` steps from random weights, in this process."
     sys.path.insert(0, str(ROOT))
     import torch
-    from unified_vision.cli import pretrain_config
+    from unified_vision.cli import experiment_config, pretrain_config
     from unified_vision.core import DataError, deep_merge, load_yaml
     from unified_vision.engine.experiment import run_training
-    cfg = pretrain_config(load_yaml(ROOT / "params.yaml"), profile)
+    params = load_yaml(ROOT / "params.yaml")
+    cfg = pretrain_config(params, profile) if experiment == "pretrain" else experiment_config(params, experiment, profile)
     root = ROOT / cfg["data"]["root"]
     if not root.exists():
         raise DataError(root, "generated data not found", f"run `dvc repro -s data` with profile {profile} first")
@@ -72,11 +74,11 @@ def train_once(iterations: int, profile: str = "mini") -> dict:
             "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
-def run_variant(name: str, iterations: int) -> dict:
+def run_variant(name: str, iterations: int, experiment: str = "pretrain") -> dict:
     "`train_once` in a fresh process with the variant's switches set (and the others unset)."
     env = {k: v for k, v in os.environ.items() if k not in SWITCHES}
     env.update(VARIANTS[name], HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, __file__, "--child", "--iterations", str(iterations)], env=env,
+    r = subprocess.run([sys.executable, __file__, "--child", "--iterations", str(iterations), "--experiment", experiment], env=env,
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"variant {name} failed:\n{r.stderr[-3000:]}")
@@ -99,29 +101,34 @@ def cpu_description() -> dict:
     return info
 
 
+def experiment_of(record: dict) -> str:
+    return record.get("experiment", "pretrain")          # records before --experiment existed probed the pretraining
+
+
 def render(records: list[dict]) -> str:
     "Markdown: one row per machine, one column per variant (hash prefix, seconds); then whether each variant agrees."
     names = list(VARIANTS)
     lines = ["# Bit-reproducibility across machines: the probe's records", "",
-             "Written by `python analysis/determinism_probe.py` (see its docstring): the `mini` backbone pretraining for "
-             "a few steps from random weights, once per setting of the instruction-set switches, on each machine it was run on. "
+             "Written by `python analysis/determinism_probe.py` (see its docstring): a `mini` experiment (the backbone "
+             "pretraining unless the row names another) trained for a few steps from random weights, once per setting of the "
+             "instruction-set switches, on each machine it was run on. "
              "Cells: the first 12 hex digits of the weights' SHA-256, and the seconds the run took.", "",
-             "| date | CPU | extensions | iterations | repeatable | " + " | ".join(names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+             "| date | CPU | extensions | experiment | iterations | repeatable | " + " | ".join(names) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(names)]
     for r in records:
         cpu = f"{r['cpu'].get('model name', '?')} (family {r['cpu'].get('cpu family', '?')}, model {r['cpu'].get('model', '?')})"
         cells = [f"`{r['variants'][n]['hash'][:12]}` ({r['variants'][n]['seconds']} s)" for n in names]
-        lines.append(f"| {r['date']} | {cpu} | {' '.join(r['cpu']['extensions'])} | {r['iterations']} | "
+        lines.append(f"| {r['date']} | {cpu} | {' '.join(r['cpu']['extensions'])} | {experiment_of(r)} | {r['iterations']} | "
                      f"{'yes' if r['repeatable'] else 'NO'} | " + " | ".join(cells) + " |")
-    lines += ["", "Per setting, over the machines with the same iteration count:", ""]
-    for it in sorted({r["iterations"] for r in records}):
-        same = [r for r in records if r["iterations"] == it]
+    lines += ["", "Per setting, over the machines with the same experiment and iteration count:", ""]
+    for exp, it in sorted({(experiment_of(r), r["iterations"]) for r in records}):
+        same = [r for r in records if r["iterations"] == it and experiment_of(r) == exp]
         cpus = {r["cpu"].get("cpu family", "?") + "/" + r["cpu"].get("model", "?") for r in same}
         for n in names:
             hashes = {r["variants"][n]["hash"] for r in same}
             verdict = ("only one CPU model so far" if len(cpus) < 2 else
                        "the same weights on every CPU model" if len(hashes) == 1 else f"{len(hashes)} different results")
-            lines.append(f"- {it} iterations, `{n}` ({', '.join(f'{k}={v}' for k, v in VARIANTS[n].items()) or 'no switch'}): "
+            lines.append(f"- {exp}, {it} iterations, `{n}` ({', '.join(f'{k}={v}' for k, v in VARIANTS[n].items()) or 'no switch'}): "
                          f"{len(same)} record(s), {len(cpus)} CPU model(s): {verdict}")
     return "\n".join(lines) + "\n"
 
@@ -129,14 +136,15 @@ def render(records: list[dict]) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--experiment", default="pretrain", help="'pretrain' or an experiment of params.yaml (e.g. baseline_faster_rcnn)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(train_once(args.iterations)))
+        print(json.dumps(train_once(args.iterations, experiment=args.experiment)))
         return
-    variants = {n: run_variant(n, args.iterations) for n in VARIANTS}
-    again = run_variant("default", args.iterations)
-    record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "iterations": args.iterations,
+    variants = {n: run_variant(n, args.iterations, args.experiment) for n in VARIANTS}
+    again = run_variant("default", args.iterations, args.experiment)
+    record = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "experiment": args.experiment, "iterations": args.iterations,
               "repeatable": again["hash"] == variants["default"]["hash"], "variants": variants}
     log = HERE / "determinism_probe.jsonl"
     with open(log, "a") as f:

@@ -62,3 +62,15 @@ def test_probe_verdict_per_setting():
     two = probe.render([record("25", "17", "abc"), record("25", "1", "xbx")])
     assert "`default` (no switch): 2 record(s), 2 CPU model(s): 2 different results" in two
     assert "`avx2` (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_CBWR=AVX2): 2 record(s), 2 CPU model(s): the same weights on every CPU model" in two
+
+
+def test_probe_compares_records_of_the_same_experiment_only():
+    def record(family, hashes, experiment=None):
+        r = {"date": "2026-12-03", "iterations": 30, "repeatable": True,
+             "cpu": {"model name": "X", "cpu family": family, "model": "1", "extensions": ["avx2"]},
+             "variants": {n: {"hash": h * 16, "seconds": 1.0} for n, h in zip(probe.VARIANTS, hashes)}}
+        return r if experiment is None else {**r, "experiment": experiment}
+    text = probe.render([record("25", "abc"), record("26", "abc"), record("26", "xyz", "baseline_faster_rcnn")])
+    assert "| pretrain | 30 |" in text and "| baseline_faster_rcnn | 30 |" in text   # old records: the pretraining
+    assert "- pretrain, 30 iterations, `default` (no switch): 2 record(s), 2 CPU model(s): the same weights" in text
+    assert "- baseline_faster_rcnn, 30 iterations, `default` (no switch): 1 record(s), 1 CPU model(s): only one CPU model" in text

@@ -1,0 +1,60 @@
+"The head benchmark's helpers: both models of a pair get the same proposals; the paper-scale inputs keep boxes on their objects."
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location("bench_heads", Path(__file__).parents[1] / "benchmarks" / "bench_heads.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_shared_weights_give_both_heads_the_same_proposals(smoke_cfg):
+    from unified_vision.data.coco import collate
+    from unified_vision.engine.experiment import build_dataset
+    from unified_vision.frameworks.build import build_model
+    base_cfg, uni_cfg = smoke_cfg("baseline_faster_rcnn"), smoke_cfg("uni_faster_rcnn")
+    val = build_dataset(base_cfg, "val")
+    torch.manual_seed(0); base = build_model(base_cfg, len(val.class_names)).eval()
+    torch.manual_seed(1); uni = build_model(uni_cfg, len(val.class_names)).eval()
+    batch = collate([val[0]], base.neck.size_divisible)
+
+    def proposals(m):
+        with torch.no_grad():
+            feats = m.neck(batch.images)
+            from torchvision.models.detection.image_list import ImageList
+            return m.rpn(ImageList(batch.images, batch.image_sizes), feats)[0][0]
+
+    assert not torch.equal(proposals(base), proposals(uni))           # different seeds: different RPNs
+    head_before = {k: v.clone() for k, v in uni.state_dict().items() if k.startswith("stages.")}
+    assert bench.share_non_head_weights(base, uni) > 0
+    assert torch.equal(proposals(base), proposals(uni))
+    head_after = {k: v for k, v in uni.state_dict().items() if k.startswith("stages.")}
+    assert head_before and all(torch.equal(head_before[k], head_after[k]) for k in head_before)   # the head keeps its own
+
+
+def test_resized_scales_image_boxes_masks_and_keypoints_together():
+    img = torch.zeros(3, 16, 32)
+    img[:, 4:8, 8:16] = 1.0                                          # a bright box at x 8-16, y 4-8
+    masks = torch.zeros(1, 16, 32, dtype=torch.uint8)
+    masks[0, 4:8, 8:16] = 1
+    kpts = torch.tensor([[[8.0, 4.0, 2.0]]])
+    s = bench.Sample(img, {"boxes": torch.tensor([[8.0, 4.0, 16.0, 8.0]]), "labels": torch.tensor([1]), "masks": masks,
+                           "keypoints": kpts})
+    r = bench.resized(s, (32, 96))                                   # y x2, x x3
+    assert r.image.shape == (3, 32, 96)
+    torch.testing.assert_close(r.target["boxes"], torch.tensor([[24.0, 8.0, 48.0, 16.0]]))
+    assert r.target["masks"].dtype == torch.uint8 and r.target["masks"].sum() == 4 * 2 * 8 * 3
+    ys, xs = torch.nonzero(r.target["masks"][0], as_tuple=True)
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (24, 48, 8, 16)
+    torch.testing.assert_close(r.target["keypoints"], torch.tensor([[[24.0, 8.0, 2.0]]]))
+    assert r.image[:, 10:14, 28:44].min() > 0.99 and r.image[:, 20:, :].max() < 0.01   # the box's pixels moved with it
+
+
+@pytest.mark.parametrize("profile", ["mini", "coco"])
+def test_report_text_states_the_setting_and_the_ratio(profile):
+    r = {"bs": 2, "shared": 10, "train": (0.1, 0.15), "infer": (20.0, 22.0)}
+    text = bench.coco_text([("Faster R-CNN", r)], 0.5, 3, 4) if profile == "coco" else bench.mini_text([("Faster R-CNN", r)], 0.5)
+    assert "| Faster R-CNN | 0.100 | 0.150 | 1.50x | 20.0 | 22.0 | 1.10x |" in text
+    assert ("800 x 1088" in text) == (profile == "coco")
