@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
-__all__ = ['read_metrics', 'paper_row', 'render_table', 'read_tsv_curve', 'plot_curves', 'write_results']
+__all__ = ['read_metrics', 'paper_row', 'render_table', 'read_tsv_curve', 'moving_mean', 'plot_curves', 'write_results']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -157,17 +157,30 @@ def read_tsv_curve(path) -> tuple[list[float], list[float]]:
     return [float(r["step"]) for r in rows], [float(r[key]) for r in rows]
 
 
-def plot_curves(logs_dir, experiments: list[str], metric: str, out_png) -> Path | None:
-    "One line per experiment of dvclive metric `metric` (e.g. 'train/loss'); None if no log exists."
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = 0
-    for exp in experiments:
-        path = Path(logs_dir) / exp / "plots" / "metrics" / f"{metric}.tsv"
-        if path.exists():
-            ax.plot(*read_tsv_curve(path), label=exp); drawn += 1
-    if not drawn:
-        plt.close(fig); return None
-    ax.set_xlabel("iteration"); ax.set_ylabel(metric); ax.set_yscale("log"); ax.legend(fontsize=7); fig.tight_layout()
+def moving_mean(values: list[float], window: int) -> list[float]:
+    "Mean of each value and the `window - 1` before it (fewer at the start): the trend of a noisy loss log."
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(logs_dir, experiments: list[str], metric: str, out_png, smooth: int = 5) -> Path | None:
+    """One line per experiment of dvclive metric `metric` (e.g. 'train/loss'), as a moving mean over `smooth` logged
+    values; None if no log exists. Up to 10 runs get tab10's colours, more get tab20's, so that no two share one."""
+    paths = [(exp, Path(logs_dir) / exp / "plots" / "metrics" / f"{metric}.tsv") for exp in experiments]
+    paths = [(exp, p) for exp, p in paths if p.exists()]
+    if not paths:
+        return None
+    colours = plt.get_cmap("tab10" if len(paths) <= 10 else "tab20").colors
+    fig, ax = plt.subplots(figsize=(7.5 if len(paths) > 6 else 6, 3.5))
+    for i, (exp, path) in enumerate(paths):
+        steps, values = read_tsv_curve(path)
+        ax.plot(steps, moving_mean(values, smooth), label=exp, color=colours[i % len(colours)], lw=1.2)
+    ax.set_xlabel("iteration"); ax.set_yscale("log")
+    ax.set_ylabel(f"{metric} (mean of {smooth} logs)" if smooth > 1 else metric)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False); fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
