@@ -15,7 +15,9 @@ split, through the same `predict` the evaluation stage uses:
 * the same mean layout in the ground-truth boxes (a perfect detector that knows nothing about pose).
 
 Each ground-truth person is matched to the highest-scoring predicted person of its image whose box overlaps it with
-IoU >= 0.5 (each prediction used once); an unmatched person counts all its visible keypoints as misses.
+IoU >= 0.5 (each prediction used once); an unmatched person counts all its visible keypoints as misses. The matching
+and PCK are the evaluation stage's (`unified_vision.engine.evaluate.keypoint_pck`, which reports PCK for every pose
+run); this script adds the untrained and box-only reference rows.
 
 Usage: python analysis/keypoints_pck.py --profile mini uni_keypoints uni_keypoints_no_token uni_keypoints_zero_init
 Needs `generated/<profile>` and the runs' checkpoints (`dvc repro train_unihead@<experiment>`). Writes
@@ -30,43 +32,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "analysis"))
 from keypoints_oks_scale import persons  # noqa: E402  (the validation persons with keypoints)
+from unified_vision.engine.evaluate import match_people, pck  # noqa: E402  (the evaluation stage's PCK)
 ALPHAS = (0.05, 0.1, 0.2)
-
-
-def match_people(gts: list[dict], preds: list[dict], iou: float = 0.5) -> list[dict | None]:
-    "For each ground-truth person, the best-scoring unused prediction of its image with box IoU >= `iou`, or None."
-    by_image = {}
-    for p in sorted(preds, key=lambda p: -p["score"]):
-        by_image.setdefault(p["image_id"], []).append(p)
-    matched, used = [], set()
-    for g in gts:
-        cands = [p for p in by_image.get(g["image_id"], []) if id(p) not in used]
-        ious = mask_utils.iou([p["bbox"] for p in cands], [g["bbox"]], [0])[:, 0] if cands else np.zeros(0)   # xywh boxes
-        ok = [p for p, v in zip(cands, ious) if v >= iou]
-        best = ok[0] if ok else None      # candidates are in score order
-        if best is not None:
-            used.add(id(best))
-        matched.append(best)
-    return matched
-
-
-def pck(gts: list[dict], kpts: list[np.ndarray | None], alpha: float) -> float:
-    "Fraction of visible ground-truth keypoints within `alpha` x max(box w, h); None predictions miss all theirs."
-    hit = total = 0
-    for g, k in zip(gts, kpts):
-        gt = np.asarray(g["keypoints"], float).reshape(-1, 3)
-        vis = gt[:, 2] > 0
-        total += int(vis.sum())
-        if k is not None:
-            err = np.linalg.norm(np.asarray(k, float).reshape(-1, 3)[:, :2] - gt[:, :2], axis=1)
-            hit += int((err[vis] <= alpha * max(g["bbox"][2], g["bbox"][3])).sum())
-    return hit / max(total, 1)
 
 
 def layout_in_box(layout: np.ndarray, box) -> np.ndarray:

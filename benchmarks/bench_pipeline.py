@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py --profile smoke            # in a scratch copy of the repository
     python benchmarks/bench_pipeline.py --profile mini --in-place  # the main job itself, in this repository
+    python benchmarks/bench_pipeline.py --profile mini --in-place --stale   # only the stages dvc.lock says are out of date
 
 Each stage is run on its own (`dvc repro --single-item --force <stage>`, in pipeline order) and timed from
 outside, so the times include process and notebook-kernel start-up. Training images/s and peak resident
@@ -65,12 +66,12 @@ def stages(repo: Path) -> list[str]:
     return order + sorted(names - set(order) - {"tables"}) + (["tables"] if "tables" in names else [])
 
 
-def time_stages(repo: Path, progress: Path, resume: bool = False) -> dict:
-    """Run and time every stage; the times so far are saved to `progress` after each one. With `resume`, stages
-    already timed there are skipped (the prerequisites are rerun only when `dvc status` says they changed)."""
-    times = json.loads(progress.read_text()) if resume and progress.exists() else {}
-    for name in stages(repo):
-        if name in times and name != "tables":
+def time_stages(repo: Path, progress: Path, resume: bool = False, only: list[str] | None = None) -> dict:
+    """Run and time every stage (or those of `only`); the times so far are saved to `progress` after each one. With
+    `resume`, stages already timed there are skipped (the prerequisites are rerun only when `dvc status` says they changed)."""
+    times = json.loads(progress.read_text()) if (resume or only is not None) and progress.exists() else {}
+    for name in stages(repo) if only is None else only:
+        if resume and name in times and name != "tables":
             if name not in PREREQUISITES or _up_to_date(repo, name):
                 continue
         start = time.perf_counter()
@@ -107,6 +108,36 @@ def _sessions_note(progress: Path, times: dict) -> str:
             + "; ".join(parts) + ". Compare stages timed in the same session.")
 
 
+def stale_stages(status: dict, order: list[str], have_output) -> list[str]:
+    """The stages of `order` whose result `dvc.lock` no longer vouches for, from `dvc status --json`: a changed command
+    or a modified dependency (code, configuration, an upstream checkpoint). A stage whose only change is an output
+    missing from this machine's cache (a fresh clone's checkpoints) is up to date. A rerun training reruns its
+    evaluation; a stale evaluation whose checkpoint is missing here (`have_output(train stage)` false) retrains it."""
+    def stale(name):
+        for entry in status.get(name, []):
+            if entry == "changed command" or (isinstance(entry, dict) and "modified" in entry.get("changed deps", {}).values()):
+                return True
+        return False
+    todo = {n for n in order if stale(n)}
+    for n in order:
+        kind, _, exp = n.partition("@")
+        if exp and kind.startswith("evaluate") and n in todo:
+            train = "train" + kind[len("evaluate"):] + "@" + exp
+            if train in order and not have_output(train):
+                todo.add(train)
+    for n in list(todo):
+        kind, _, exp = n.partition("@")
+        if exp and kind.startswith("train"):
+            todo.add("evaluate" + kind[len("train"):] + "@" + exp)
+    if todo:
+        todo.add("tables")
+    return [n for n in order if n in todo]
+
+
+def _trained_here(repo: Path, stage: str) -> bool:
+    return (repo / "runs" / stage.partition("@")[2] / "model.pt").exists()
+
+
 def _up_to_date(repo: Path, stage: str) -> bool:
     return "changed" not in run(["dvc", "status", stage], repo)
 
@@ -140,6 +171,7 @@ def main():
     p.add_argument("--profile", default="smoke")
     p.add_argument("--in-place", action="store_true", help="run in this repository (updates dvc.lock and results/)")
     p.add_argument("--resume", action="store_true", help="skip the stages a previous (interrupted) in-place run already timed")
+    p.add_argument("--stale", action="store_true", help="run only the stages `dvc status` says are out of date (in place)")
     p.add_argument("--report-only", action="store_true", help="write the Markdown from the times saved so far (an unfinished run)")
     args = p.parse_args()
     repo = ROOT if args.in_place else scratch_copy(args.profile)
@@ -157,7 +189,13 @@ def main():
         out.write_text(text)
         print(text)
         return
-    times = time_stages(repo, progress, resume=args.resume and args.in_place)
+    only = None
+    if args.stale:
+        assert args.in_place, "--stale updates this repository's dvc.lock: use it with --in-place"
+        status = json.loads(run(["dvc", "status", "--json"], repo) or "{}")
+        only = stale_stages(status, stages(repo), lambda n: _trained_here(repo, n))
+        print(f"{len(only)} stages out of date: {', '.join(only)}", flush=True)
+    times = time_stages(repo, progress, resume=args.resume and args.in_place, only=only)
     out.write_text(report(args.profile, repo, times))
     print(out.read_text())
     if not args.in_place:

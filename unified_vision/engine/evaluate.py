@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from ..data.coco import collate
 
 # %% auto #0
-__all__ = ['BOX_STAT_NAMES', 'KPT_STAT_NAMES', 'to_coco_results', 'polygon_to_rle', 'masks_to_rle', 'coco_evaluate',
-           'ground_truth_as_results', 'predict', 'evaluate_detection', 'top1_accuracy', 'head_parameters', 'model_cost']
+__all__ = ['BOX_STAT_NAMES', 'KPT_STAT_NAMES', 'PCK_ALPHAS', 'to_coco_results', 'polygon_to_rle', 'masks_to_rle', 'coco_evaluate',
+           'ground_truth_as_results', 'match_people', 'pck', 'keypoint_pck', 'predict', 'evaluate_detection',
+           'top1_accuracy', 'head_parameters', 'model_cost']
 
 # %% ../../nbs/71_engine.evaluate.ipynb #430f36ab
 def to_coco_results(det: dict, image_id: int, category_ids: list[int], scale: tuple[float, float], orig_size) -> list[dict]:
@@ -99,6 +100,46 @@ def ground_truth_as_results(coco_gt, iou_type: str) -> list[dict]:
         out.append(r)
     return out
 
+# %% ../../nbs/71_engine.evaluate.ipynb #5f4a1056
+PCK_ALPHAS = {"PCK05": 0.05, "PCK10": 0.1, "PCK20": 0.2}
+
+def match_people(gts: list[dict], preds: list[dict], iou: float = 0.5) -> list[dict | None]:
+    "For each ground-truth person, the best-scoring unused prediction of its image with box IoU >= `iou`, or None."
+    by_image = {}
+    for p in sorted(preds, key=lambda p: -p["score"]):
+        by_image.setdefault(p["image_id"], []).append(p)
+    matched, used = [], set()
+    for g in gts:
+        cands = [p for p in by_image.get(g["image_id"], []) if id(p) not in used]
+        ious = mask_utils.iou([p["bbox"] for p in cands], [g["bbox"]], [0])[:, 0] if cands else np.zeros(0)   # xywh boxes
+        best = next((p for p, v in zip(cands, ious) if v >= iou), None)     # candidates are in score order
+        if best is not None:
+            used.add(id(best))
+        matched.append(best)
+    return matched
+
+
+def pck(gts: list[dict], keypoints: list, alpha: float) -> float:
+    "Fraction of visible ground-truth keypoints within `alpha` x max(box w, h) of `keypoints` (None: all missed)."
+    hit = total = 0
+    for g, k in zip(gts, keypoints):
+        gt = np.asarray(g["keypoints"], float).reshape(-1, 3)
+        visible = gt[:, 2] > 0
+        total += int(visible.sum())
+        if k is not None:
+            err = np.linalg.norm(np.asarray(k, float).reshape(-1, 3)[:, :2] - gt[:, :2], axis=1)
+            hit += int((err[visible] <= alpha * max(g["bbox"][2], g["bbox"][3])).sum())
+    return hit / max(total, 1)
+
+
+def keypoint_pck(coco_gt, results: list[dict], image_ids=None) -> dict:
+    "`{PCK05, PCK10, PCK20}` of keypoint `results` over the non-crowd persons with keypoints (None if there are none)."
+    ids = set(coco_gt.getImgIds() if image_ids is None else image_ids)
+    gts = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=sorted(ids), iscrowd=False)) if a.get("num_keypoints")]
+    matched = match_people(gts, [r for r in results if r["image_id"] in ids])
+    keypoints = [None if m is None else m["keypoints"] for m in matched]
+    return {name: pck(gts, keypoints, alpha) if gts else None for name, alpha in PCK_ALPHAS.items()}
+
 # %% ../../nbs/71_engine.evaluate.ipynb #900c8786
 @torch.no_grad()
 def predict(model, dataset, batch_size: int = 8, progress: bool = True, size_divisible: int = 32) -> list[dict]:
@@ -116,9 +157,12 @@ def predict(model, dataset, batch_size: int = 8, progress: bool = True, size_div
 
 
 def evaluate_detection(model, dataset, iou_types=("bbox",), **kw) -> dict:
-    "`{iou_type: stats}` for `model` on `dataset`."
+    "`{iou_type: stats}` for `model` on `dataset`; the keypoint stats also hold PCK (`keypoint_pck`)."
     results = predict(model, dataset, **kw)
-    return {t: coco_evaluate(dataset.coco, results, t, image_ids=dataset.ids) for t in iou_types}
+    stats = {t: coco_evaluate(dataset.coco, results, t, image_ids=dataset.ids) for t in iou_types}
+    if "keypoints" in stats:
+        stats["keypoints"].update(keypoint_pck(dataset.coco, results, dataset.ids))
+    return stats
 
 # %% ../../nbs/71_engine.evaluate.ipynb #4de4e3ca
 @torch.no_grad()

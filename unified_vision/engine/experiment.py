@@ -22,7 +22,8 @@ from .train import Schedule, Trainer
 from ..frameworks.build import build_model
 
 # %% auto #0
-__all__ = ['TASK_IOU_TYPES', 'build_dataset', 'run_training', 'config_hash', 'load_trained', 'run_evaluation', 'evaluate_model']
+__all__ = ['TASK_IOU_TYPES', 'build_dataset', 'run_training', 'initial_model', 'config_hash', 'load_trained', 'run_evaluation',
+           'evaluate_model']
 
 # %% ../../nbs/72_engine.experiment.ipynb #bdb4c955
 TASK_IOU_TYPES = {"detection": ("bbox",), "instance_segmentation": ("bbox", "segm"), "keypoints": ("keypoints",)}
@@ -48,10 +49,7 @@ def run_training(cfg: dict, run_dir, live=None, stop_at: int | None = None, prog
     torch.set_num_threads(int(tcfg.get("threads", torch.get_num_threads())))
     seed_everything(cfg.get("seed", 0))
     dataset = build_dataset(cfg, "train")
-    model = build_model(cfg, num_classes=len(dataset.class_names))
-    for module in model.modules():   # heads that initialise from the training data (UniHead's mean pose, sec. 3.4)
-        if hasattr(module, "prepare_from_dataset"):
-            module.prepare_from_dataset(dataset)
+    model = initial_model(cfg, dataset)
     schedule = Schedule(iters_per_epoch=len(dataset) // tcfg["batch_size"], **tcfg["schedule"])
     trainer = Trainer(model, dataset, tcfg["optimizer"], schedule, tcfg["batch_size"], run_dir, seed=cfg.get("seed", 0),
                       clip_grad=tcfg.get("clip_grad"), checkpoint_every=tcfg.get("checkpoint_every", 100),
@@ -66,6 +64,15 @@ def run_training(cfg: dict, run_dir, live=None, stop_at: int | None = None, prog
             torch.save({"model": model.state_dict(), "iterations": trainer.iteration, "experiment": cfg.get("experiment", "")}, tmp)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return trainer
+
+
+def initial_model(cfg: dict, train_dataset):
+    "The model of `cfg` as training starts it: built, then initialised from the training split where a head asks to be."
+    model = build_model(cfg, num_classes=len(train_dataset.class_names))
+    for module in model.modules():   # heads that initialise from the training data (UniHead's mean pose, sec. 3.4)
+        if hasattr(module, "prepare_from_dataset"):
+            module.prepare_from_dataset(train_dataset)
+    return model
 
 
 def config_hash(cfg: dict) -> str:
@@ -90,9 +97,9 @@ def run_evaluation(cfg: dict, checkpoint, metrics_path=None, progress: bool = Tr
     model = load_trained(cfg, checkpoint, len(dataset.class_names))
     metrics = evaluate_model(cfg, model, dataset, progress)
     metrics.update(model_cost(model, dataset, size_divisible=getattr(getattr(model, "neck", None), "size_divisible", 32)))
-    if compare_untrained:
+    if compare_untrained:   # iteration 0 of the run: the same seeding and building steps as `run_training`
         seed_everything(cfg.get("seed", 0))
-        fresh = evaluate_model(cfg, build_model(cfg, len(dataset.class_names)), dataset, progress)
+        fresh = evaluate_model(cfg, initial_model(cfg, build_dataset(cfg, "train")), dataset, progress)
         metrics.update({f"untrained_{k}": v for k, v in fresh.items()})
     if metrics_path is not None:
         write_json(metrics_path, metrics)

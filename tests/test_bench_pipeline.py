@@ -1,0 +1,31 @@
+"The pipeline benchmark's `--stale` selection: which stages `dvc.lock` no longer vouches for."
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("bench_pipeline", Path(__file__).parents[1] / "benchmarks" / "bench_pipeline.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+ORDER = ["data", "configs", "pretrain", "train@a", "evaluate@a", "train@b", "evaluate@b", "train_p@c", "evaluate_p@c",
+         "train_p@d", "evaluate_p@d", "tables"]
+
+
+def test_missing_checkpoints_alone_rerun_nothing():
+    status = {"train@a": [{"changed outs": {"runs/a/model.pt": "not in cache"}}],
+              "evaluate@a": [{"changed deps": {"runs/a/model.pt": "deleted"}}]}
+    assert bench.stale_stages(status, ORDER, lambda n: False) == []
+
+
+def test_code_or_command_changes_rerun_training_evaluation_and_tables():
+    status = {"train@b": [{"changed deps": {"unified_vision/core.py": "modified"}}],
+              "train_p@c": ["changed command"],
+              "tables": [{"changed deps": {"metrics/b.json": "modified"}}]}
+    assert bench.stale_stages(status, ORDER, lambda n: True) == [
+        "train@b", "evaluate@b", "train_p@c", "evaluate_p@c", "tables"]
+
+
+def test_stale_evaluation_retrains_only_when_its_checkpoint_is_missing_here():
+    status = {"evaluate_p@d": [{"changed deps": {"unified_vision/engine/evaluate.py": "modified",
+                                                 "runs/d/model.pt": "deleted"}}]}
+    assert bench.stale_stages(status, ORDER, lambda n: True) == ["evaluate_p@d", "tables"]
+    assert bench.stale_stages(status, ORDER, lambda n: False) == ["train_p@d", "evaluate_p@d", "tables"]
