@@ -53,8 +53,7 @@ def run_models(experiment: str, threads: int):
     import torch
     from unified_vision.core import DataError, seed_everything
     from unified_vision.engine.evaluate import predict
-    from unified_vision.engine.experiment import build_dataset, load_trained
-    from unified_vision.frameworks.build import build_model
+    from unified_vision.engine.experiment import build_dataset, initial_model, load_trained
     cfg_path = ROOT / "configs" / f"{experiment}.json"
     if not cfg_path.exists():
         raise DataError(cfg_path, "resolved configuration not found", "run `dvc repro configs` (or name an experiment of params.yaml)")
@@ -62,14 +61,12 @@ def run_models(experiment: str, threads: int):
     if cfg.get("task") != "keypoints":
         raise DataError(cfg_path, f"experiment '{experiment}' is a {cfg.get('task')} run, not a keypoints one", "name a pose experiment")
     torch.set_num_threads(threads)
-    val, train = build_dataset(cfg, "val"), build_dataset(cfg, "train")
+    val = build_dataset(cfg, "val")
     div = lambda m: getattr(getattr(m, "neck", None), "size_divisible", 32)
     trained = load_trained(cfg, ROOT / "runs" / experiment / "model.pt", len(val.class_names))
-    seed_everything(cfg.get("seed", 0))
-    fresh = build_model(cfg, len(val.class_names))
-    for module in fresh.modules():     # as at iteration 0 of training (UniHead's mean pose, sec. 3.4)
-        if hasattr(module, "prepare_from_dataset"):
-            module.prepare_from_dataset(train)
+    seed_everything(cfg.get("seed", 0))     # iteration 0 of the run, as the evaluation stage builds its untrained reference
+    train = build_dataset(cfg, "train")
+    fresh = initial_model(cfg, train)
     return (predict(trained, val, progress=False, size_divisible=div(trained)),
             predict(fresh, val, progress=False, size_divisible=div(fresh)), val, train)
 
