@@ -54,8 +54,13 @@ def components(tmp: Path) -> list[tuple[str, list[str], bool]]:
     ]
 
 
+def venv_env() -> dict:
+    "This interpreter's environment first on PATH (so `dvc` is the venv's), offline hub."
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+
+
 def median_seconds(cmd: list[str], repeats: int) -> float:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    env = venv_env()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -106,7 +111,7 @@ def main():
         comps = components(Path(tmp))
         measured = [(what, median_seconds(cmd, args.repeats), counted) for what, cmd, counted in tqdm(comps, desc="components")]
     names = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=ROOT, check=True, capture_output=True, text=True,
-                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}).stdout.split()
+                           env=venv_env()).stdout.split()
     text = report(measured, experiment_stage_count(names), smoke_total_minutes(), args.repeats)
     out = ROOT / "benchmarks" / "results" / "stage_overhead.md"
     out.write_text(text)
