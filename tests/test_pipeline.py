@@ -54,6 +54,15 @@ def test_smoke_pipeline_writes_every_table(repo):
     assert (repo / "results" / "plots" / "baselines_loss.png").exists()
 
 
+def test_table1_counts_the_whole_model(repo):
+    "UniHead Table 1's #params is the whole classifier's, so the extra blocks (in the backbone) add to it."
+    lines = (repo / "results" / "unihead_table1.md").read_text().splitlines()
+    header = next(l for l in lines if l.startswith("|  |")).split("|")
+    col = header.index(" #params (M) ")
+    params = {l.split("|")[1].strip(): float(l.split("|")[col]) for l in lines if l.startswith("| ResNet")}
+    assert params["ResNet + extra blocks"] > params["ResNet"] > 0, params
+
+
 def test_second_repro_reruns_nothing(repo):
     assert _planned_stages(repo) == set()
 

@@ -16,18 +16,22 @@ import matplotlib.pyplot as plt
 from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
-__all__ = ['read_metrics', 'paper_row', 'render_table', 'read_tsv_curve', 'moving_mean', 'plot_curves', 'write_results']
+__all__ = ['read_metrics', 'paper_row', 'render_table', 'count_parameters', 'experiment_parameters', 'read_tsv_curve',
+           'moving_mean', 'plot_curves', 'write_results']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
     "The metrics of `experiment`, or None if it has not been evaluated."
     path = Path(metrics_dir) / f"{experiment}.json"
-    if not path.exists():
-        return None
+    return _read_json(path, "metrics file", f"rerun `dvc repro evaluate@{experiment}`") if path.exists() else None
+
+
+def _read_json(path: Path, what: str, fix: str):
+    "A JSON file's content; a corrupt one is a `DataError` naming it, `what` it is and the `fix`."
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(path, f"corrupt metrics file ({e.msg})", f"rerun `dvc repro evaluate@{experiment}`") from None
+        raise DataError(path, f"corrupt {what} ({e.msg})", fix) from None
 
 
 def paper_row(papers: dict, ref: str) -> tuple[dict, list]:
@@ -64,13 +68,43 @@ def render_table(spec: dict, papers: dict, metrics_dir) -> str:
 def _as_list(x) -> list:
     return [] if x is None else [x] if isinstance(x, str) else list(x)
 
+# %% ../../nbs/73_engine.tables.ipynb #c379499c
+def count_parameters(cfg: dict, num_classes: int) -> int:
+    """Parameters of the whole model of a resolved configuration, built on the `meta` device (no weights allocated,
+    no pretrained file read: a pretrained backbone counts the same as a fresh one)."""
+    import copy
+    import torch
+    from unified_vision.frameworks.build import build_model  # imported here: only a table with this column needs torch
+    cfg = copy.deepcopy(cfg)
+    backbone = cfg.get("model", {}).get("backbone", {})
+    if backbone.get("pretrained"):
+        backbone["pretrained"] = False
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def experiment_parameters(config_path) -> int:
+    "`count_parameters` of the experiment written to `config_path` (`configs/<experiment>.json`), with its dataset's class count."
+    from unified_vision.engine.experiment import build_dataset
+    path = Path(config_path)
+    if not path.exists():
+        raise DataError(path, "experiment configuration not found", "run `dvc repro configs` to write it")
+    cfg = _read_json(path, "experiment configuration", "run `dvc repro configs` to rewrite it")
+    return count_parameters(cfg, len(build_dataset(cfg, "val").class_names))
+
 # %% ../../nbs/73_engine.tables.ipynb #b401e2a4
-def _run_metrics(metrics_dir, experiment: str) -> dict | None:
-    "An experiment's metrics plus its training speed (`train_s_per_iter`, from `logs/<experiment>/timing.json`)."
+def _run_metrics(metrics_dir, experiment: str, cols=()) -> dict | None:
+    """An experiment's metrics plus its training speed (`train_s_per_iter`, from `logs/<experiment>/timing.json`) and,
+    when the table has that column, the whole model's size (`cost_model_params_M`, from `configs/<experiment>.json`)."""
     m = read_metrics(metrics_dir, experiment)
+    if m is None:
+        return None
     timing = Path(metrics_dir).parent / "logs" / experiment / "timing.json"
-    if m is not None and timing.exists():
+    if timing.exists():
         m = {**m, "train_s_per_iter": json.loads(timing.read_text()).get("s_per_iter")}
+    if "cost_model_params_M" in cols:
+        m = {**m, "cost_model_params_M": experiment_parameters(Path(metrics_dir).parent / "configs" / f"{experiment}.json") / 1e6}
     return m
 
 
@@ -82,7 +116,7 @@ def _our_cells(row: dict, cols: dict, metrics_dir) -> list[str]:
         return _mean_std_cells(row, cols, metrics_dir)
     if not row.get("experiment"):
         return [row.get("note", "paper only")] + ["" for _ in list(cols)[1:]]
-    m = _run_metrics(metrics_dir, row["experiment"])
+    m = _run_metrics(metrics_dir, row["experiment"], cols)
     if m is None:
         return ["not run"] * len(cols)
     return [_fmt(m.get(_key(m, k, row.get("prefix"))), k) for k in cols]
@@ -94,7 +128,7 @@ def _key(m: dict, k: str, prefix: str | None) -> str:
 
 def _mean_std_cells(row: dict, cols: dict, metrics_dir) -> list[str]:
     "Mean ± std over the runs of `row['experiments']` that have been evaluated; runs not yet evaluated are left out and counted."
-    runs = [m for m in (_run_metrics(metrics_dir, e) for e in row["experiments"]) if m is not None]
+    runs = [m for m in (_run_metrics(metrics_dir, e, cols) for e in row["experiments"]) if m is not None]
     if not runs:
         return ["not run"] * len(cols)
     cells = []
