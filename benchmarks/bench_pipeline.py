@@ -113,9 +113,16 @@ def stale_stages(status: dict, order: list[str], have_output) -> list[str]:
     or a modified dependency (code, configuration, an upstream checkpoint). A stage whose only change is an output
     missing from this machine's cache (a fresh clone's checkpoints) is up to date. A rerun training reruns its
     evaluation; a stale evaluation whose checkpoint is missing here (`have_output(train stage)` false) retrains it."""
+    def changed(dep_state) -> bool:
+        # a file dependency reports "modified"; a params file reports {param: "modified" | "new" | "deleted"}, and
+        # any entry there is a changed configuration (an experiment added to or removed from params.yaml)
+        return dep_state == "modified" or (isinstance(dep_state, dict) and len(dep_state) > 0)
+
     def stale(name):
         for entry in status.get(name, []):
-            if entry == "changed command" or (isinstance(entry, dict) and "modified" in entry.get("changed deps", {}).values()):
+            if entry == "changed command":
+                return True
+            if isinstance(entry, dict) and any(changed(v) for v in entry.get("changed deps", {}).values()):
                 return True
         return False
     todo = {n for n in order if stale(n)}

@@ -29,3 +29,12 @@ def test_stale_evaluation_retrains_only_when_its_checkpoint_is_missing_here():
                                                  "runs/d/model.pt": "deleted"}}]}
     assert bench.stale_stages(status, ORDER, lambda n: True) == ["evaluate_p@d", "tables"]
     assert bench.stale_stages(status, ORDER, lambda n: False) == ["train_p@d", "evaluate_p@d", "tables"]
+
+
+def test_changed_params_rerun_the_stage_that_reads_them():
+    "An experiment added to params.yaml: `configs` (which reads that section) reruns before the new run's stages."
+    status = {"configs": [{"changed deps": {"params.yaml": {"unihead_experiments": "modified"}}}],
+              "train_p@d": [{"changed deps": {"configs/d.json": "deleted", "unified_vision/core.py": "modified"}}]}
+    assert bench.stale_stages(status, ORDER, lambda n: True) == ["configs", "train_p@d", "evaluate_p@d", "tables"]
+    untouched = {"configs": [{"changed deps": {"params.yaml": {}}}]}
+    assert bench.stale_stages(untouched, ORDER, lambda n: True) == []

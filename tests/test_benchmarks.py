@@ -54,7 +54,24 @@ def test_resized_scales_image_boxes_masks_and_keypoints_together():
 
 @pytest.mark.parametrize("profile", ["mini", "coco"])
 def test_report_text_states_the_setting_and_the_ratio(profile):
-    r = {"bs": 2, "shared": 10, "train": (0.1, 0.15), "infer": (20.0, 22.0)}
+    r = {"bs": 2, "shared": 10, "train": (0.1, 0.15), "infer": (20.0, 22.0), "gflops": (200.0, 250.0), "head_gflops": (28.0, 78.0)}
     text = bench.coco_text([("Faster R-CNN", r)], 0.5, 3, 4) if profile == "coco" else bench.mini_text([("Faster R-CNN", r)], 0.5)
-    assert "| Faster R-CNN | 0.100 | 0.150 | 1.50x | 20.0 | 22.0 | 1.10x |" in text
+    assert "| Faster R-CNN | 0.100 | 0.150 | 1.50x | 20.0 | 22.0 | 1.10x | 200.0 | 250.0 | 1.25x | 28.0 | 78.0 |" in text
     assert ("800 x 1088" in text) == (profile == "coco")
+
+
+def test_inference_gflops_counts_the_whole_model_and_its_head(smoke_cfg):
+    "The FLOP count of one inference: the head's part is inside the total, and a wider 2-fc head costs more."
+    from unified_vision.data.coco import collate
+    from unified_vision.engine.experiment import build_dataset
+    from unified_vision.frameworks.build import build_model
+    cfg = smoke_cfg("baseline_faster_rcnn")
+    val = build_dataset(cfg, "val")
+    batch = collate([val[0]], 32)
+    torch.manual_seed(0)
+    total, head = bench.inference_gflops(build_model(cfg, len(val.class_names)), batch)
+    assert 0 < head < total
+    wide = {**cfg, "heads": {**cfg["heads"], "two_fc": {**cfg["heads"]["two_fc"], "fc_dim": 4 * cfg["heads"]["two_fc"]["fc_dim"]}}}
+    torch.manual_seed(0)
+    wide_total, wide_head = bench.inference_gflops(build_model(wide, len(val.class_names)), batch)
+    assert wide_head > head and abs((wide_total - wide_head) - (total - head)) < 1e-3 * total

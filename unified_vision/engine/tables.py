@@ -17,7 +17,7 @@ from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
 __all__ = ['read_metrics', 'paper_row', 'render_table', 'count_parameters', 'experiment_parameters', 'read_tsv_curve',
-           'moving_mean', 'plot_curves', 'write_results']
+           'moving_mean', 'plot_curves', 'write_results', 'welch_gap']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -61,6 +61,7 @@ def render_table(spec: dict, papers: dict, metrics_dir) -> str:
     lines = [f"## {spec['title']}", "", spec.get("note", ""), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in spec["rows"]:
         lines.append("| " + " | ".join(_row_cells(row, cols, papers, sources, metrics_dir)) + " |")
+    lines += _gap_lines(spec, metrics_dir)
     lines += ["", _footnote(papers, sources)]
     return "\n".join(lines) + "\n"
 
@@ -102,7 +103,8 @@ def _run_metrics(metrics_dir, experiment: str, cols=()) -> dict | None:
         return None
     timing = Path(metrics_dir).parent / "logs" / experiment / "timing.json"
     if timing.exists():
-        m = {**m, "train_s_per_iter": json.loads(timing.read_text()).get("s_per_iter")}
+        t = _read_json(timing, "training timing file", f"rerun the training stage of '{experiment}' (`dvc repro --force` it)")
+        m = {**m, "train_s_per_iter": t.get("s_per_iter")}
     if "cost_model_params_M" in cols:
         m = {**m, "cost_model_params_M": experiment_parameters(Path(metrics_dir).parent / "configs" / f"{experiment}.json") / 1e6}
     return m
@@ -239,4 +241,59 @@ def _experiments_of(spec: dict) -> list[str]:
     "Every run a table shows, in row order, each once."
     names = [e for r in spec["rows"] for e in ([r["experiment"]] if r.get("experiment") else r.get("experiments", []))]
     return list(dict.fromkeys(names))
+
+
+# %% ../../nbs/73_engine.tables.ipynb #9a1c0e22
+def welch_gap(first: list[float], second: list[float]) -> dict:
+    """`second` minus `first`: difference of the means, its 95% confidence interval, Welch's t, degrees of freedom and
+    two-sided p-value (scipy's unequal-variance t-test). Needs at least two values on each side."""
+    import warnings
+    from scipy import stats
+    if len(first) < 2 or len(second) < 2:
+        raise ValueError(f"Welch's test needs at least 2 runs per row, got {len(first)} and {len(second)}")
+    with warnings.catch_warnings():   # runs that agree to the last digit: scipy warns of precision loss, the test stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = stats.ttest_ind(second, first, equal_var=False)
+        ci = r.confidence_interval(0.95)
+    return {"diff": statistics.mean(second) - statistics.mean(first), "ci": (float(ci.low), float(ci.high)),
+            "t": float(r.statistic), "df": float(r.df), "p": float(r.pvalue), "n": (len(first), len(second))}
+
+
+def _gap_lines(spec: dict, metrics_dir) -> list[str]:
+    "The `gaps` part of a table: one line per pair of rows, Welch's test on one column."
+    if not spec.get("gaps"):
+        return []
+    lines = ["", "Differences between rows (second minus first; Welch's t-test over the rows' runs):", "",
+             "| second − first | column | difference | 95% CI | t | df | p | runs |", "|---|---|---|---|---|---|---|---|"]
+    for gap in spec["gaps"]:
+        first, second = (_row_by_label(spec, label) for label in gap["rows"])
+        col = gap["column"]
+        a, b = (_column_values(row, col, metrics_dir) for row in (first, second))
+        name = f"{second['label']} − {first['label']}"
+        if len(a) < 2 or len(b) < 2:
+            lines.append(f"| {name} | {spec['columns'][col]} | needs ≥ 2 runs per row ({len(a)} and {len(b)}) | | | | | |")
+            continue
+        if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:   # t would be 0/0 or ±inf: no noise to compare with
+            lines.append(f"| {name} | {spec['columns'][col]} | {_fmt(statistics.mean(b) - statistics.mean(a), col)} | "
+                         f"no spread over the runs of either row: untestable | | | | {len(a)} + {len(b)} |")
+            continue
+        g = welch_gap(a, b)
+        lines.append(f"| {name} | {spec['columns'][col]} | {_fmt(g['diff'], col)} | [{_fmt(g['ci'][0], col)}, "
+                     f"{_fmt(g['ci'][1], col)}] | {g['t']:.2f} | {g['df']:.1f} | {g['p']:.3f} | {g['n'][0]} + {g['n'][1]} |")
+    return lines
+
+
+def _row_by_label(spec: dict, label: str) -> dict:
+    row = next((r for r in spec["rows"] if r.get("label") == label), None)
+    if row is None:
+        raise ConfigError("params.yaml", f"table '{spec['title']}': gap row '{label}' is not a row of the table",
+                          "name the rows of a gap by their `label`, exactly as the rows list writes it")
+    return row
+
+
+def _column_values(row: dict, col: str, metrics_dir) -> list[float]:
+    "The values of one column over the evaluated runs of a row (one run for an `experiment` row)."
+    names = row.get("experiments") or _as_list(row.get("experiment"))
+    runs = [m for m in (_run_metrics(metrics_dir, e) for e in names) if m is not None]
+    return [v for v in (m.get(_key(m, col, row.get("prefix"))) for m in runs) if v is not None]
 
