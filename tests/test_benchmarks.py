@@ -56,7 +56,7 @@ def test_resized_scales_image_boxes_masks_and_keypoints_together():
 def test_report_text_states_the_setting_and_the_ratio(profile):
     r = {"bs": 2, "shared": 10, "train": (0.1, 0.15), "infer": (20.0, 22.0), "gflops": (200.0, 250.0), "head_gflops": (28.0, 78.0)}
     text = bench.coco_text([("Faster R-CNN", r)], 0.5, 3, 4) if profile == "coco" else bench.mini_text([("Faster R-CNN", r)], 0.5)
-    assert "| Faster R-CNN | 0.100 | 0.150 | 1.50x | 20.0 | 22.0 | 1.10x | 200.0 | 250.0 | 1.25x | 28.0 | 78.0 |" in text
+    assert "| Faster R-CNN | 0.100 | 0.150 | 1.50x | 20.0 | 22.0 | 1.10x | 200 | 250 | 1.25x | 28 | 78 |" in text
     assert ("800 x 1088" in text) == (profile == "coco")
 
 
@@ -75,3 +75,29 @@ def test_inference_gflops_counts_the_whole_model_and_its_head(smoke_cfg):
     torch.manual_seed(0)
     wide_total, wide_head = bench.inference_gflops(build_model(wide, len(val.class_names)), batch)
     assert wide_head > head and abs((wide_total - wide_head) - (total - head)) < 1e-3 * total
+
+
+def test_inference_gflops_sees_attention_in_eval_mode():
+    "An eval-mode `nn.MultiheadAttention` (fused kernel) counts its projections and attention products, as in training."
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+
+        def forward(self, images, sizes):
+            return self.head(images, images, images, need_weights=False)[0]
+
+    batch = type("Batch", (), {"images": torch.randn(10, 17, 64), "image_sizes": None})()
+    total, head = bench.inference_gflops(Tiny(), batch)
+    projections = 2 * 10 * 17 * 64 * (3 * 64 + 64)            # q, k, v and output projections
+    products = 2 * 2 * 10 * 17 * 17 * 64                       # q k^T and attention x v, over all heads
+    assert abs(total * 1e9 - (projections + products)) < 1e-6 * total * 1e9 and head == total
+    assert torch.backends.mha.get_fastpath_enabled()             # switched back on afterwards
+
+
+def test_flop_reading_states_the_ratios_of_each_row():
+    "The generated sentence under the table carries the head and model FLOP ratios and the time ratio of that row."
+    r = {"gflops": (100.0, 120.0), "head_gflops": (10.0, 30.0), "infer": (50.0, 65.0)}
+    text = bench.flop_reading([("Faster R-CNN", r)])
+    assert "3.0x the baseline head's" in text and "(30 vs 10 GFLOPs" in text and text.startswith("- Faster R-CNN:")
+    assert "whole model 1.20x" in text and "time ratio is 1.30x" in text

@@ -279,8 +279,13 @@ def _gap_lines(spec: dict, metrics_dir) -> list[str]:
             continue
         g = welch_gap(a, b)
         lines.append(f"| {name} | {spec['columns'][col]} | {_fmt(g['diff'], col)} | [{_fmt(g['ci'][0], col)}, "
-                     f"{_fmt(g['ci'][1], col)}] | {g['t']:.2f} | {g['df']:.1f} | {g['p']:.3f} | {g['n'][0]} + {g['n'][1]} |")
+                     f"{_fmt(g['ci'][1], col)}] | {g['t']:.2f} | {g['df']:.1f} | {_fmt_p(g['p'])} | {g['n'][0]} + {g['n'][1]} |")
     return lines
+
+
+def _fmt_p(p: float) -> str:
+    "A p-value to three decimals; one that rounds to 0 is shown as an upper bound, never as 0."
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def _row_by_label(spec: dict, label: str) -> dict:
