@@ -38,3 +38,14 @@ def test_changed_params_rerun_the_stage_that_reads_them():
     assert bench.stale_stages(status, ORDER, lambda n: True) == ["configs", "train_p@d", "evaluate_p@d", "tables"]
     untouched = {"configs": [{"changed deps": {"params.yaml": {}}}]}
     assert bench.stale_stages(untouched, ORDER, lambda n: True) == []
+
+
+def test_one_repro_times_each_stage_from_its_start_to_the_next():
+    "Stage times of one `dvc repro` come from its output: each stage lasts until the next one starts, the last until the end."
+    lines = [(0.5, "Running stage 'data':\n"), (0.6, "> python -m unified_vision.cli data\n"),
+             (3.0, "Updating lock file 'dvc.lock'\n"), (3.5, "Running stage 'train@a':\n"), (9.0, "some log line\n"),
+             (10.0, "  Running stage 'evaluate@a':\n")]
+    times = bench.stage_times_from_output(lines, end=14.0)
+    assert list(times) == ["data", "train@a", "evaluate@a"]
+    assert times == {"data": 3.0, "train@a": 6.5, "evaluate@a": 4.0}
+    assert bench.stage_times_from_output([(1.0, "Stage 'data' didn't change, skipping\n")], end=2.0) == {}
