@@ -28,9 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_vision", "nbs/experiments", "kernels/csrc"]
 
 
+def _env() -> dict:
+    "This interpreter's environment first on PATH (its dvc, its python), offline hub."
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+
+
 def run(args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    r = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(args)} failed in {cwd} (exit {r.returncode}):\n{(r.stdout + r.stderr)[-4000:]}")
     return r.stdout
@@ -98,9 +102,8 @@ def stage_times_from_output(lines: list[tuple[float, str]], end: float) -> dict:
 
 def time_one_repro(repo: Path, progress: Path) -> dict:
     "Run the whole pipeline as one `dvc repro` and time each stage from its output, which is echoed as it comes."
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     start, lines = time.perf_counter(), []
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         lines.append((time.perf_counter() - start, line))
         if RUNNING.match(line.strip()):
@@ -109,6 +112,7 @@ def time_one_repro(repo: Path, progress: Path) -> dict:
         sys.exit(f"dvc repro failed in {repo} (exit {proc.returncode}):\n{''.join(l for _, l in lines)[-4000:]}")
     times = stage_times_from_output(lines, time.perf_counter() - start)
     progress.write_text(json.dumps(times, indent=1))
+    _days_file(progress).write_text(json.dumps({k: time.strftime("%Y-%m-%d") for k in times}, indent=1))  # all from this run
     return times
 
 
@@ -224,7 +228,7 @@ def main():
     if args.report_only:
         times = json.loads(progress.read_text())
         todo = [n for n in stages(repo) if n not in times]
-        text = report(args.profile, repo, times)
+        text = report(args.profile, repo, times, one_repro=args.one_repro)
         if todo:
             text += f"\n**Unfinished run**: {len(todo)} of {len(todo) + len(times)} stages not run yet ({', '.join(todo[:6])}{', ...' if len(todo) > 6 else ''}).\n"
         out.write_text(text)
