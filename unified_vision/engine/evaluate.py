@@ -191,12 +191,16 @@ def model_cost(model, dataset, repeats: int = 3, size_divisible: int = 32) -> di
     from torch.utils.flop_counter import FlopCounterMode
     import time
     model.eval()
-    batch = collate([dataset[0]], size_divisible)
+    device = next(model.parameters()).device
+    batch = collate([dataset[0]], size_divisible).to(device)
     with FlopCounterMode(display=False) as counter:
         model(batch.images, batch.image_sizes)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter(); model(batch.images, batch.image_sizes); times.append(time.perf_counter() - start)
+        start = time.perf_counter(); model(batch.images, batch.image_sizes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)    # time the work, not its launch
+        times.append(time.perf_counter() - start)
     return {"cost_head_params_M": head_parameters(model) / 1e6, "cost_gflops": counter.get_total_flops() / 1e9,
             "cost_infer_ms": 1000 * min(times)}
 

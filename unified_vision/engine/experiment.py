@@ -22,8 +22,8 @@ from .train import Schedule, Trainer
 from ..frameworks.build import build_model
 
 # %% auto #0
-__all__ = ['TASK_IOU_TYPES', 'build_dataset', 'run_training', 'initial_model', 'config_hash', 'load_trained', 'run_evaluation',
-           'evaluate_model']
+__all__ = ['TASK_IOU_TYPES', 'build_dataset', 'run_training', 'training_device', 'initial_model', 'config_hash', 'load_trained',
+           'run_evaluation', 'evaluate_model']
 
 # %% ../../nbs/72_engine.experiment.ipynb #bdb4c955
 TASK_IOU_TYPES = {"detection": ("bbox",), "instance_segmentation": ("bbox", "segm"), "keypoints": ("keypoints",)}
@@ -49,7 +49,7 @@ def run_training(cfg: dict, run_dir, live=None, stop_at: int | None = None, prog
     torch.set_num_threads(int(tcfg.get("threads", torch.get_num_threads())))
     seed_everything(cfg.get("seed", 0))
     dataset = build_dataset(cfg, "train")
-    model = initial_model(cfg, dataset)
+    model = initial_model(cfg, dataset).to(training_device(cfg))
     schedule = Schedule(iters_per_epoch=len(dataset) // tcfg["batch_size"], **tcfg["schedule"])
     trainer = Trainer(model, dataset, tcfg["optimizer"], schedule, tcfg["batch_size"], run_dir, seed=cfg.get("seed", 0),
                       clip_grad=tcfg.get("clip_grad"), checkpoint_every=tcfg.get("checkpoint_every", 100),
@@ -64,6 +64,21 @@ def run_training(cfg: dict, run_dir, live=None, stop_at: int | None = None, prog
             torch.save({"model": model.state_dict(), "iterations": trainer.iteration, "experiment": cfg.get("experiment", "")}, tmp)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return trainer
+
+
+def training_device(cfg: dict) -> torch.device:
+    """The device of `train.device`: `auto` (also when the key is absent) is the GPU when torch sees one, else the CPU.
+    On a GPU the trainer switches on mixed precision (AMP) by itself."""
+    name = str(cfg.get("train", {}).get("device", "auto"))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("params.yaml", f"train.device '{name}' is not a device name", "use 'auto', 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml", f"train.device is '{name}' but torch sees no GPU", "use 'auto' or 'cpu'")
+    return device
 
 
 def initial_model(cfg: dict, train_dataset):
@@ -94,12 +109,13 @@ def run_evaluation(cfg: dict, checkpoint, metrics_path=None, progress: bool = Tr
     "Evaluate `checkpoint` on the validation split; write the flat metrics dict to `metrics_path`."
     torch.set_num_threads(int(cfg.get("train", {}).get("threads", torch.get_num_threads())))
     dataset = build_dataset(cfg, "val")
-    model = load_trained(cfg, checkpoint, len(dataset.class_names))
+    device = training_device(cfg)
+    model = load_trained(cfg, checkpoint, len(dataset.class_names)).to(device)
     metrics = evaluate_model(cfg, model, dataset, progress)
     metrics.update(model_cost(model, dataset, size_divisible=getattr(getattr(model, "neck", None), "size_divisible", 32)))
     if compare_untrained:   # iteration 0 of the run: the same seeding and building steps as `run_training`
         seed_everything(cfg.get("seed", 0))
-        fresh = evaluate_model(cfg, initial_model(cfg, build_dataset(cfg, "train")), dataset, progress)
+        fresh = evaluate_model(cfg, initial_model(cfg, build_dataset(cfg, "train")).to(device), dataset, progress)
         metrics.update({f"untrained_{k}": v for k, v in fresh.items()})
     if metrics_path is not None:
         write_json(metrics_path, metrics)

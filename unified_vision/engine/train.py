@@ -90,9 +90,10 @@ class EpochBatches(torch.utils.data.Sampler):
 
 # %% ../../nbs/70_engine.train.ipynb #04b94441
 def save_checkpoint(path, model, optimizer, iteration: int, extra: dict | None = None) -> None:
-    "Atomically write model, optimizer, iteration and torch's RNG state to `path`."
+    "Atomically write model, optimizer, iteration and torch's RNG states (CPU, and every GPU's when there is one) to `path`."
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {}, "iteration": iteration,
-             "torch_rng": torch.get_rng_state(), "extra": extra or {}}
+             "torch_rng": torch.get_rng_state(), "extra": extra or {},
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -140,6 +141,10 @@ def _resume(self) -> None:
         state = load_checkpoint(self.checkpoint_path, self.model, self.optimizer)
         self.iteration = state["iteration"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler.is_enabled() and state["extra"].get("scaler"):   # AMP's loss scale goes on where it stopped
+            self.scaler.load_state_dict(state["extra"]["scaler"])
         self.history = [dict(h) for h in state["extra"].get("history", [])]
 
 
@@ -199,7 +204,8 @@ def fit(self, stop_at: int | None = None) -> list[dict]:
             if self.iteration % self.log_every == 0 or self.iteration == total:
                 self._log(record); bar.set_postfix(loss=f"{record['loss']:.3f}")
             if self.iteration % self.checkpoint_every == 0 or self.iteration == total:
-                save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.iteration, {"history": self.history})
+                save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.iteration,
+                                {"history": self.history, "scaler": self.scaler.state_dict()})
             if self.iteration >= total or (stop_at is not None and self.iteration >= stop_at):
                 break
     bar.close()

@@ -261,7 +261,8 @@ def _deform_read(self, features, proposals, pts):
     idx = torch.repeat_interleave(torch.arange(len(proposals), device=pts.device),
                                   torch.tensor([len(p) for p in proposals], device=pts.device))
     lvl = self.mapper(proposals)
-    out = pts.new_zeros(len(rois), features[self.levels[0]].shape[1], side, side)
+    first = features[self.levels[0]]      # the pooled features' dtype: float16 under autocast, whatever `pts` is
+    out = first.new_zeros(len(rois), first.shape[1], side, side)
     for i, name in enumerate(self.levels):
         sel = lvl == i
         if sel.any():

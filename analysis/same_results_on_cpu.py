@@ -1,0 +1,91 @@
+"""Does a code change alter what the CPU pipeline computes? Train and evaluate `smoke` experiments with two versions
+of the code and compare the trained weights, the loss histories and the metrics bit for bit.
+
+    # in each checkout (an old one made with `git worktree add /tmp/old <commit>`, with its `_C` .so copied in):
+    python analysis/same_results_on_cpu.py run EXPERIMENT ... > /tmp/<version>.json
+    # then, here:
+    python analysis/same_results_on_cpu.py compare /tmp/old.json /tmp/new.json --old-label A --new-label B
+
+`run` uses the code of the current directory (it goes first on `sys.path`), the smoke profile of its params.yaml and
+a smoke dataset generated once in /tmp/smoke_data; backbones are randomly initialised. `compare` writes
+analysis/same_results_on_cpu.md. Timings (`cost_infer_ms`) are left out: they are never the same twice.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def run(names: list[str]) -> dict:
+    sys.path.insert(0, os.getcwd())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import unified_vision
+    from unified_vision.cli import profile_config
+    from unified_vision.core import load_yaml, resolve_experiment
+    from unified_vision.data.synthetic import generate_dataset
+    from unified_vision.engine.experiment import run_evaluation, run_training
+    print("code:", unified_vision.__file__, file=sys.stderr)
+    params = load_yaml(Path(os.getcwd()) / "params.yaml")
+    data = Path("/tmp/smoke_data")
+    if not (data / "coco").exists():
+        _, profile = profile_config(params, "smoke")
+        generate_dataset(data, profile["data"]["synthetic"], seed=profile["data"]["seed"], progress=False)
+    out = {}
+    for name in names:
+        cfg = resolve_experiment(params, name, "smoke")
+        cfg["data"]["root"] = str(data)
+        cfg["model"]["backbone"]["pretrained"] = False
+        run_dir = Path(tempfile.mkdtemp())
+        trainer = run_training(cfg, run_dir, progress=False)
+        digest = hashlib.sha256()
+        for key, value in sorted(trainer.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        metrics = run_evaluation(cfg, run_dir / "model.pt", progress=False)
+        metrics.pop("cost_infer_ms", None)
+        out[name] = {"weights": digest.hexdigest()[:16], "losses": [r["loss"] for r in trainer.history], "metrics": metrics}
+        print(name, out[name]["weights"], file=sys.stderr)
+    return out
+
+
+def compare(old: dict, new: dict, old_label: str, new_label: str) -> str:
+    rows = []
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        same = {part: a is not None and b is not None and a[part] == b[part] for part in ("weights", "losses", "metrics")}
+        rows.append(f"| {name} | {a['weights'] if a else '-'} | {b['weights'] if b else '-'} | "
+                    + " | ".join("same" if same[p] else "**different**" for p in same) + " |")
+    verdict = "identical" if all("different" not in r for r in rows) else "NOT identical"
+    return f"""# Same results on the CPU before and after a code change
+
+Written by `python analysis/same_results_on_cpu.py compare`: each `smoke` experiment trained and evaluated with
+{old_label} and with {new_label}, on the same machine; weights as a SHA-256 prefix of every tensor of the trained model,
+losses the logged training losses, metrics every evaluation number but the timing. Verdict: **{verdict}**.
+
+| experiment | weights, {old_label} | weights, {new_label} | weights | losses | metrics |
+|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run"); r.add_argument("experiments", nargs="+")
+    c = sub.add_parser("compare"); c.add_argument("old"); c.add_argument("new")
+    c.add_argument("--old-label", default="the old code"); c.add_argument("--new-label", default="the new code")
+    args = p.parse_args()
+    if args.cmd == "run":
+        print(json.dumps(run(args.experiments), sort_keys=True))
+    else:
+        text = compare(json.loads(Path(args.old).read_text()), json.loads(Path(args.new).read_text()),
+                       args.old_label, args.new_label)
+        out = Path(__file__).with_suffix(".md")
+        out.write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
