@@ -44,3 +44,9 @@ def smoke_cfg(params, smoke_data):
         cfg["model"]["backbone"]["pretrained"] = False      # the pretraining stage is tested with the pipeline
         return deep_merge(cfg, overrides)
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    "Stop the warm kernel servers the pipeline tests started (they would exit by themselves once idle)."
+    from unified_vision.engine.warm_kernel import stop_servers
+    stop_servers()

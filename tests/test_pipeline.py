@@ -2,8 +2,10 @@
 
 Checks the acceptance of the pipeline: `dvc exp run -S profile=smoke` runs every stage and writes the result
 tables; `dvc repro` right after reruns nothing; changing one experiment's parameter reruns exactly that
-experiment's training and evaluation and the tables.
+experiment's training and evaluation and the tables. The pipeline runs with warm kernels (the default); rerun with
+plain ones, two experiments give the same weights, losses and metrics.
 """
+import json
 import os
 import re
 import shutil
@@ -17,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_vision", "nbs/experiments", "kernels/csrc"]
 
 
-def _run(args, cwd, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+def _run(args, cwd, extra_env=None, **kw):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True, **kw).stdout
 
 
@@ -52,6 +54,8 @@ def test_smoke_pipeline_writes_every_table(repo):
     assert "38.8" in table                                   # the paper's column (UniHead Table 7, Faster RCNN) is there
     assert (repo / "runs" / "baseline_atss" / "train.ipynb").exists() and (repo / "metrics" / "baseline_atss.json").exists()
     assert (repo / "results" / "plots" / "baselines_loss.png").exists()
+    run = json.loads((repo / "runs" / "baseline_atss" / "train.ipynb").read_text())   # its kernel drew inline figures
+    assert any("image/png" in o.get("data", {}) for c in run["cells"] for o in c.get("outputs", [])), "no loss-curve figure"
 
 
 def test_table1_counts_the_whole_model(repo):
@@ -77,3 +81,32 @@ def test_changing_one_experiment_reruns_only_it(repo):
     ran = set(re.findall(r"Running stage '([^']+)'", _run(["dvc", "repro"], repo, timeout=900)))
     assert ran == {"configs", "train@baseline_fcos", "evaluate@baseline_fcos", "tables"}
     assert _planned_stages(repo) == set()
+
+
+def _outcome(repo, name) -> dict:
+    "Trained weights, every logged value (not the timestamps) and the metrics but the timing, of experiment `name`."
+    import csv
+    import torch
+    state = torch.load(repo / "runs" / name / "model.pt", map_location="cpu", weights_only=True)["model"]
+    logged = {}
+    for tsv in sorted((repo / "logs" / name / "plots" / "metrics").rglob("*.tsv")):
+        with open(tsv) as f:
+            logged[tsv.stem] = [row[tsv.stem] for row in csv.DictReader(f, delimiter="\t")]
+    metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
+    metrics.pop("cost_infer_ms")
+    return {"weights": state, "logged": logged, "metrics": metrics}
+
+
+def test_plain_kernels_give_the_same_results(repo, tmp_path):
+    "Kernels forked from the warm server compute what plain kernels compute (in a copy, so the pipeline stays as it ran)."
+    import torch
+    copy = tmp_path / "plain"
+    shutil.copytree(repo, copy, symlinks=True)
+    for name in ("uni_faster_rcnn", "baseline_mask_rcnn"):
+        warm = _outcome(repo, name)
+        for stage in (["train", name, "--no-check"], ["evaluate", name]):
+            _run([sys.executable, "-m", "unified_vision.cli", *stage], copy, extra_env={"UV_WARM_KERNEL": "0"}, timeout=600)
+        plain = _outcome(copy, name)
+        assert warm["weights"].keys() == plain["weights"].keys()
+        assert all(torch.equal(warm["weights"][k], plain["weights"][k]) for k in warm["weights"]), name
+        assert warm["logged"] == plain["logged"] and warm["metrics"] == plain["metrics"], name

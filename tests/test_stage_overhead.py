@@ -28,8 +28,21 @@ def test_only_per_experiment_stages_are_counted():
     assert bench.experiment_stage_count(names) == 4
 
 
-def test_report_sums_the_per_stage_rows_only():
-    measured = [("python", 0.5, False), ("dvc", 1.0, True), ("notebook", 2.0, True)]
-    text = bench.report(measured, n_stages=120, smoke_total_min=10.0, repeats=3)
-    assert "Per stage: **3.0 s**" in text and "**6.0 min**" in text
-    assert "about 60% of it" in text and "fewer than 200 stages" in " ".join(text.split())
+def test_report_compares_the_stage_start_up_before_and_now():
+    measured = [("python", 0.5, ""), ("before", 6.0, "before"), ("first", 8.0, "once"), ("now", 2.0, "now")]
+    text = " ".join(bench.report(measured, n_stages=120, smoke_total_min=10.0, repeats=3).split())
+    assert "**6.0 s** before, **2.0 s** now (3.0x less)" in text
+    assert "**12.0 min** of any profile's wall time before and **4.1 min** now" in text     # 119 x 2 s + 8 s = 246 s
+    assert "| python | 0.50 | |" in text and "took **10.0 min**" in text
+
+
+def test_kernel_rows_run_the_training_notebooks_imports(tmp_path):
+    comps = bench.components(tmp_path)
+    kinds = [kind for _, _, _, kind in comps]
+    assert kinds.count("before") == kinds.count("now") == kinds.count("once") == 1
+    assert kinds.index("once") < kinds.index("now")                   # the server is started before it is reused
+    import nbformat
+    nb = nbformat.read(tmp_path / "imports.ipynb", as_version=4)
+    assert nb.cells[-1].source == bench.notebook_imports() and "parameters" in nb.cells[0].metadata["tags"]
+    envs = {kind: extra for _, _, extra, kind in comps if kind}
+    assert envs["now"] == envs["once"] == {"UV_WARM_KERNEL": "1"}

@@ -16,7 +16,7 @@ from .core import (ConfigError, DataError, UVError, atomic_path, deep_merge, exp
                                  resolve_experiment, write_json)
 
 # %% auto #0
-__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'import_papermill', 'run_notebook',
+__all__ = ['NOTEBOOKS', 'profile_config', 'stage_data', 'check_coco_folder', 'import_papermill', 'kernel_options', 'run_notebook',
            'experiment_config', 'prune_config', 'stage_train', 'stage_evaluate', 'stage_pretrain', 'pretrain_config',
            'stage_configs', 'stage_tables', 'main']
 
@@ -68,6 +68,17 @@ def import_papermill():
     return papermill
 
 
+def kernel_options() -> dict:
+    """How papermill starts and stops the kernel: forked from a warm server (`engine.warm_kernel`) unless
+    `UV_WARM_KERNEL=0`, and killed once the last cell has run (a clean exit of an interpreter that imported torch
+    takes seconds and changes nothing: every output is already written)."""
+    from unified_vision.engine import warm_kernel
+    options = {"shutdown_kernel": "immediate"}
+    if warm_kernel.enabled():
+        options["kernel_manager_class"] = warm_kernel.kernel_manager_class()
+    return options
+
+
 def run_notebook(template, output, parameters: dict) -> Path:
     "Execute `template` with `parameters` into `output` (atomically); raise with the failed copy's path."
     pm = import_papermill()
@@ -78,7 +89,8 @@ def run_notebook(template, output, parameters: dict) -> Path:
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     try:
         pm.execute_notebook(str(template), str(tmp), parameters=parameters, kernel_name="python3", language="python", progress_bar=False,
-                            cwd=os.getcwd(), log_output=True, stdout_file=sys.stdout, stderr_file=sys.stderr)
+                            cwd=os.getcwd(), log_output=True, stdout_file=sys.stdout, stderr_file=sys.stderr,
+                            **kernel_options())
     except pm.PapermillExecutionError as e:
         os.replace(tmp, failed)
         raise RuntimeError(f"{template} failed ({e.ename}: {e.evalue}); the executed notebook is {failed}") from None

@@ -137,7 +137,26 @@ def resolve_experiment(params: dict, name: str, profile: str | None = None, wher
         layers.append(require(base, exp["base"], dict, where=f"{where} (experiments.{name}.base)"))
     cfg = deep_merge(*layers, {k: v for k, v in exp.items() if k != "base"})
     cfg.update(experiment=name, profile=profile)
+    _apply_schedule_multiple(cfg, exp, name, where)
     return _apply_backbone_preset(cfg, ((exp.get("model") or {}).get("backbone") or {}), name, where)
+
+
+def _apply_schedule_multiple(cfg: dict, exp: dict, name: str, where: str) -> None:
+    """`train.schedule.multiple: n` (a "2x", "4x" schedule): n times the profile's 1x, its epochs and its LR steps (the
+    warm-up stays as it is). The resolved configuration keeps the numbers, not the key."""
+    schedule = (cfg.get("train") or {}).get("schedule") or {}
+    if "multiple" not in schedule:
+        return
+    n = schedule.pop("multiple")
+    own = ((exp.get("train") or {}).get("schedule") or {})
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(where, f"experiments.{name}.train.schedule.multiple is {n!r}", "use a whole number >= 1 (2 for a 2x schedule)")
+    if "epochs" in own or "steps" in own:
+        raise ConfigError(where, f"experiments.{name}.train.schedule sets both 'multiple' and epochs/steps",
+                          "keep one: 'multiple' scales the profile's 1x, 'epochs'/'steps' set them outright")
+    schedule["epochs"] = schedule["epochs"] * n
+    if "steps" in schedule:
+        schedule["steps"] = [s * n for s in schedule["steps"]]
 
 
 def experiment_groups(params: dict, include_coco: bool = False) -> dict:
