@@ -20,7 +20,9 @@ COPY = ["params.yaml", "dvc.yaml", "paper_numbers.yaml", ".dvcignore", "unified_
 
 
 def _run(args, cwd, extra_env=None, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(extra_env or {})}
+    "Run a command as a user would: conftest's MPLBACKEND=Agg (for this process's plots) would keep figures out of the notebooks."
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    env.update({"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(extra_env or {})})
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=True, **kw).stdout
 
 
