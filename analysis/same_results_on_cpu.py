@@ -19,6 +19,15 @@ import tempfile
 from pathlib import Path
 
 
+def weights_digest(state: dict) -> str:
+    "A SHA-256 prefix of every tensor of a state dict, in key order: equal exactly when the weights are equal bit for bit."
+    digest = hashlib.sha256()
+    for key, value in sorted(state.items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run(names: list[str]) -> dict:
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,13 +49,10 @@ def run(names: list[str]) -> dict:
         cfg["model"]["backbone"]["pretrained"] = False
         run_dir = Path(tempfile.mkdtemp())
         trainer = run_training(cfg, run_dir, progress=False)
-        digest = hashlib.sha256()
-        for key, value in sorted(trainer.model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         metrics = run_evaluation(cfg, run_dir / "model.pt", progress=False)
         metrics.pop("cost_infer_ms", None)
-        out[name] = {"weights": digest.hexdigest()[:16], "losses": [r["loss"] for r in trainer.history], "metrics": metrics}
+        out[name] = {"weights": weights_digest(trainer.model.state_dict()), "losses": [r["loss"] for r in trainer.history],
+                     "metrics": metrics}
         print(name, out[name]["weights"], file=sys.stderr)
     return out
 

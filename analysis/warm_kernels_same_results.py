@@ -11,17 +11,16 @@ benchmarks/bench_stage_overhead.py). Timings inside the metrics (`cost_infer_ms`
 """
 import argparse
 import csv
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "analysis")]
 from bench_pipeline import PREREQUISITES, _env, run, scratch_copy  # noqa: E402
+from same_results_on_cpu import weights_digest  # noqa: E402
 
 
 def stage(repo: Path, args: list[str], warm: bool) -> float:
@@ -35,19 +34,14 @@ def stage(repo: Path, args: list[str], warm: bool) -> float:
 
 def outcome(repo: Path, name: str) -> dict:
     import torch
-    state = torch.load(repo / "runs" / name / "model.pt", map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    digest = hashlib.sha256()
-    for key, value in sorted(state.items()):
-        digest.update(key.encode())
-        digest.update(value.detach().contiguous().numpy().tobytes())
+    state = torch.load(repo / "runs" / name / "model.pt", map_location="cpu", weights_only=True)["model"]
     losses = {}
     for tsv in sorted((repo / "logs" / name / "plots" / "metrics").rglob("*.tsv")):
         with open(tsv) as f:
             losses[tsv.stem] = [row[tsv.stem] for row in csv.DictReader(f, delimiter="\t")]   # not the timestamps
     metrics = json.loads((repo / "metrics" / f"{name}.json").read_text())
     metrics.pop("cost_infer_ms", None)
-    return {"weights": digest.hexdigest()[:16], "losses": losses, "metrics": metrics}
+    return {"weights": weights_digest(state), "losses": losses, "metrics": metrics}
 
 
 def report(results: dict) -> str:

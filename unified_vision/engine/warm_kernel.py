@@ -201,22 +201,24 @@ def _fresh_random_state():
         sys.modules["numpy"].random.seed()
 
 
-def _exit_when_gone(pid: int):
-    "A daemon thread that ends this process when process `pid` (the kernel's launcher) is gone, e.g. killed."
+def _wait_for_exit(pid: int, poll: float = 0.2) -> None:
+    "Block until process `pid` (not necessarily a child of this one) has ended: through a pidfd, else by polling."
     try:
         fd = os.pidfd_open(pid)
-        def wait():
-            select.select([fd], [], [])
-            os._exit(1)
-    except (AttributeError, OSError):
-        def wait():
-            while True:
-                time.sleep(0.5)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    os._exit(1)
-    threading.Thread(target=wait, daemon=True, name="uv-launcher-watch").start()
+    except (AttributeError, OSError):       # no pidfd on this system, or the process is already gone
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(poll)
+    select.select([fd], [], [])
+    os.close(fd)
+
+
+def _exit_when_gone(pid: int):
+    "A daemon thread that ends this process when process `pid` (the kernel's launcher) is gone, e.g. killed."
+    threading.Thread(target=lambda: (_wait_for_exit(pid), os._exit(1)), daemon=True, name="uv-launcher-watch").start()
 
 
 def _become_kernel(req: dict, fds: list[int]):
@@ -323,16 +325,7 @@ def _wait_forwarding_signals(pid: int):
             pass
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
-    try:
-        fd = os.pidfd_open(pid)
-        select.select([fd], [], [])
-    except (AttributeError, OSError):
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+    _wait_for_exit(pid)
 
 
 def _cold_kernel(argv):
