@@ -74,3 +74,48 @@ def test_probe_compares_records_of_the_same_experiment_only():
     assert "| pretrain | 30 |" in text and "| baseline_faster_rcnn | 30 |" in text   # old records: the pretraining
     assert "- pretrain, 30 iterations, `default` (no switch): 2 record(s), 2 CPU model(s): the same weights" in text
     assert "- baseline_faster_rcnn, 30 iterations, `default` (no switch): 1 record(s), 1 CPU model(s): only one CPU model" in text
+
+
+_gap_spec = importlib.util.spec_from_file_location("unihead_ap50_gap", Path(__file__).parents[1] / "analysis" / "unihead_ap50_gap.py")
+gapmod = importlib.util.module_from_spec(_gap_spec)
+_gap_spec.loader.exec_module(gapmod)
+
+
+def test_false_positive_kinds_on_hand_made_detections():
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 1}, {"id": 2}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                                    {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+                                    {"id": 3, "image_id": 1, "category_id": 2, "bbox": [0, 60, 20, 20], "area": 400, "iscrowd": 0}]}
+    coco.createIndex()
+    det = lambda box, score, cat=1: {"image_id": 1, "category_id": cat, "bbox": box, "score": score}
+    dets = [det([0, 0, 20, 20], 0.9),           # true positive (object 1)
+            det([1, 0, 20, 20], 0.8),           # duplicate of object 1
+            det([0, 0, 10, 10], 0.7),           # loose (IoU 0.25) on object 1, already found
+            det([50, 50, 10, 10], 0.6),         # loose on object 2, not found
+            det([0, 60, 20, 20], 0.5),          # class 1 on the class-2 object: wrong class
+            det([90, 0, 10, 10], 0.4)]          # background
+    kinds = gapmod.false_positive_kinds(coco, dets, [1])
+    assert kinds == {"true positive": 1, "duplicate": 1, "loose, object found": 1, "loose, object missed": 1,
+                     "wrong class": 1, "background": 1}
+    assert gapmod.false_positive_kinds(coco, dets, [1], top=2) == {**dict.fromkeys(kinds, 0), "true positive": 1, "duplicate": 1}
+
+
+def test_without_iou_drops_the_output_and_restores_the_head():
+    import torch
+
+    class Head(torch.nn.Module):
+        def forward(self, x):
+            return {"cls_logits": x, "iou": x}
+
+    class Stage:
+        head = Head()
+
+    class Model:
+        stages = [Stage()]
+
+    model = Model()
+    with gapmod._without_iou(model):
+        assert set(model.stages[0].head(torch.zeros(1))) == {"cls_logits"}
+    assert set(model.stages[0].head(torch.zeros(1))) == {"cls_logits", "iou"}

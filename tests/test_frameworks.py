@@ -47,3 +47,33 @@ def test_head_slot_is_shared(smoke_cfg):
     for fw in ("faster_rcnn", "cascade_rcnn", "mask_rcnn"):
         cfg = smoke_cfg("baseline_faster_rcnn", framework=fw, head="two_fc")
         assert all(type(s.head).__name__ == "TwoFCHead" for s in build_model(cfg, 8).stages)
+
+
+def test_threshold_on_class_only_adds_lower_scored_detections(smoke_cfg):
+    """UniHead in Faster R-CNN scores by class probability x predicted IoU. Thresholding the class probability admits
+    candidates whose product is under the threshold, so they rank below every candidate the product threshold keeps:
+    each image's detections under `score` are exactly the best-scored prefix of its detections under `class`."""
+    cfg = smoke_cfg("uni_faster_rcnn")
+    ds = build_dataset(cfg, "train")
+    torch.manual_seed(0)
+    model = build_model(cfg, len(ds.class_names)).train()
+    opt = build_optimizer(model, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0})
+    batch = collate([ds[i] for i in range(4)], model.neck.size_divisible)
+    for _ in range(10):
+        loss = sum(model(batch.images, batch.image_sizes, batch.targets).values())
+        opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    model.test_cfg["score_thresh"] = 0.0
+    with torch.no_grad():           # a threshold inside this model's range of scores: their median
+        t = model.test_cfg["score_thresh"] = torch.cat([d["scores"] for d in model(batch.images, batch.image_sizes)]).median().item()
+    found = {}
+    for rule in ("class", "score"):
+        model.test_cfg["threshold_on"] = rule
+        with torch.no_grad():
+            found[rule] = model(batch.images, batch.image_sizes)
+    assert sum(len(d["scores"]) for d in found["class"]) > sum(len(d["scores"]) for d in found["score"]) > 0
+    for by_class, by_score in zip(found["class"], found["score"]):
+        n = len(by_score["scores"])
+        assert (by_score["scores"] > t).all() and (by_class["scores"][n:] <= t).all()
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(by_class[key][:n], by_score[key]), key

@@ -112,6 +112,8 @@ def run_evaluation(cfg: dict, checkpoint, metrics_path=None, progress: bool = Tr
     device = training_device(cfg)
     model = load_trained(cfg, checkpoint, len(dataset.class_names)).to(device)
     metrics = evaluate_model(cfg, model, dataset, progress)
+    if "threshold_on" in getattr(model, "test_cfg", {}):   # two-stage detectors: what the score threshold filtered
+        metrics["eval_threshold_on"] = model.test_cfg["threshold_on"]
     metrics.update(model_cost(model, dataset, size_divisible=getattr(getattr(model, "neck", None), "size_divisible", 32)))
     if compare_untrained:   # iteration 0 of the run: the same seeding and building steps as `run_training`
         seed_everything(cfg.get("seed", 0))

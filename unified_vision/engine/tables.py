@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt
 from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
-__all__ = ['read_metrics', 'paper_row', 'render_table', 'count_parameters', 'experiment_parameters', 'read_tsv_curve',
-           'moving_mean', 'plot_curves', 'write_results', 'welch_gap']
+__all__ = ['TWO_STAGE_FRAMEWORKS', 'PRODUCT_THRESHOLD_NOTE', 'read_metrics', 'paper_row', 'render_table', 'count_parameters',
+           'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'plot_curves', 'write_results', 'welch_gap',
+           'thresholded_product']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -63,6 +64,8 @@ def render_table(spec: dict, papers: dict, metrics_dir) -> str:
         lines.append("| " + " | ".join(_row_cells(row, cols, papers, sources, metrics_dir)) + " |")
     lines += _gap_lines(spec, metrics_dir)
     lines += ["", _footnote(papers, sources)]
+    if any(line.startswith("| ") and " †" in line.split(" | ")[0] for line in lines):
+        lines += ["", PRODUCT_THRESHOLD_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -150,11 +153,13 @@ def _fmt_mean_std(vals: list[float], key: str) -> str:
 
 
 def _row_label(row: dict, metrics_dir) -> str:
-    "The row's label; a several-run row says how many of its runs it averages."
+    "The row's label (marked † if a run of it thresholded the product score); a several-run row says how many runs it averages."
+    runs = [row["experiment"]] if row.get("experiment") else row.get("experiments") or []
+    mark = " †" if any(_product_thresholded(metrics_dir, e) for e in runs) else ""
     if not row.get("experiments"):
-        return row["label"]
+        return row["label"] + mark
     n, done = len(row["experiments"]), sum(read_metrics(metrics_dir, e) is not None for e in row["experiments"])
-    return f"{row['label']} ({done} runs)" if done == n else f"{row['label']} ({done} of {n} runs)"
+    return (f"{row['label']} ({done} runs)" if done == n else f"{row['label']} ({done} of {n} runs)") + mark
 
 
 # %% ../../nbs/73_engine.tables.ipynb #77369da1
@@ -301,4 +306,32 @@ def _column_values(row: dict, col: str, metrics_dir) -> list[float]:
     names = row.get("experiments") or _as_list(row.get("experiment"))
     runs = [m for m in (_run_metrics(metrics_dir, e) for e in names) if m is not None]
     return [v for v in (m.get(_key(m, col, row.get("prefix"))) for m in runs) if v is not None]
+
+
+# %% ../../nbs/73_engine.tables.ipynb #969d80bd
+TWO_STAGE_FRAMEWORKS = ("faster_rcnn", "mask_rcnn", "cascade_rcnn")
+PRODUCT_THRESHOLD_NOTE = ("† Evaluated before the score threshold moved to the class probability: the threshold (0.05) filtered "
+                          "class probability × UniHead's predicted IoU, which also drops candidates whose predicted IoU pulls them "
+                          "under it (analysis/unihead_ap50_gap.md measures the difference). `dvc repro` re-evaluates these runs "
+                          "with the current rule.")
+
+
+def thresholded_product(metrics: dict, cfg: dict | None) -> bool:
+    """Whether a run's score threshold filtered class probability x predicted IoU: its metrics say `eval_threshold_on:
+    score`, or they predate the record and its configuration `cfg` is UniHead with T_IoU in a two-stage framework."""
+    if "eval_threshold_on" in metrics:
+        return metrics["eval_threshold_on"] == "score"
+    if not cfg or cfg.get("head") != "unihead" or cfg.get("framework") not in TWO_STAGE_FRAMEWORKS:
+        return False
+    head = cfg.get("heads", {}).get("unihead", {})
+    return bool(head.get("task_token", True)) and head.get("task", cfg.get("task")) != "keypoints"
+
+
+def _product_thresholded(metrics_dir, experiment: str) -> bool:
+    m = read_metrics(metrics_dir, experiment)
+    if m is None:
+        return False
+    path = Path(metrics_dir).parent / "configs" / f"{experiment}.json"
+    cfg = _read_json(path, "experiment configuration", "run `dvc repro configs` to rewrite it") if path.exists() else None
+    return thresholded_product(m, cfg)
 

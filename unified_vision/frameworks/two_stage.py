@@ -22,8 +22,8 @@ from ..heads.baseline import HEADS
 from ..models.criteria import nms_and_cap
 
 # %% auto #0
-__all__ = ['FRAMEWORKS', 'build_rpn', 'RoIStage', 'stage_loss', 'stage_predict', 'MaskBranch', 'mask_targets', 'TwoStageDetector',
-           'faster_rcnn', 'mask_rcnn', 'cascade_rcnn']
+__all__ = ['FRAMEWORKS', 'THRESHOLD_ON', 'build_rpn', 'RoIStage', 'stage_loss', 'class_probs', 'stage_predict', 'MaskBranch',
+           'mask_targets', 'TwoStageDetector', 'faster_rcnn', 'mask_rcnn', 'cascade_rcnn']
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #30110f97
 FRAMEWORKS = Registry("framework")
@@ -102,9 +102,14 @@ def stage_loss(self, out: dict, rois, labels, matched, targets=None) -> dict:
 RoIStage.loss = stage_loss
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #8c93fb3e
+def class_probs(self, out: dict) -> torch.Tensor:
+    "Softmax class probabilities `[R, C]` of the concatenated RoIs, background dropped."
+    return out["cls_logits"].softmax(-1)[:, : self.num_classes]
+
+
 def stage_predict(self, out: dict, rois: list[torch.Tensor]):
-    "Scores `[R, C]` and decoded boxes `[R, 4]` or `[R, C, 4]` for the concatenated `rois`."
-    scores = out["cls_logits"].softmax(-1)[:, : self.num_classes]
+    "Scores `[R, C]` (class probability, times the predicted IoU if the head has one) and boxes `[R, 4]` or `[R, C, 4]`."
+    scores = self.class_probs(out)
     if "iou" in out:
         scores = scores * out["iou"].sigmoid()[:, None]
     if "boxes" in out:
@@ -116,7 +121,8 @@ def stage_predict(self, out: dict, rois: list[torch.Tensor]):
     boxes = self.coder.decode_single(deltas.reshape(-1, 4), flat.repeat_interleave(self.num_classes, 0))
     return scores, boxes.view(len(flat), self.num_classes, 4)
 
-RoIStage.predict = stage_predict
+RoIStage.class_probs, RoIStage.predict = class_probs, stage_predict
+
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #38e69243
 class MaskBranch(nn.Module):
@@ -158,14 +164,20 @@ def mask_targets(masks: torch.Tensor, rois: torch.Tensor, gt_idx: torch.Tensor, 
     return roi_align(masks[:, None].float(), boxes, (size, size), 1.0, sampling_ratio=2, aligned=True)[:, 0].ge(0.5).float()
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #0a6b7ed0
+THRESHOLD_ON = ("class", "score")   # what `test.score_thresh` filters: the class probability, or the final score
+
+
 class TwoStageDetector(nn.Module):
     "Backbone+FPN -> RPN -> RoI stages (1 for Faster/Mask R-CNN, 3 for Cascade) [-> mask branch]."
 
     def __init__(self, neck: nn.Module, rpn: RegionProposalNetwork, stages: list[RoIStage], mask: MaskBranch | None = None,
-                 score_thresh=0.05, nms_iou=0.5, max_detections=100):
+                 score_thresh=0.05, nms_iou=0.5, max_detections=100, threshold_on: str = "class"):
         super().__init__()
+        if threshold_on not in THRESHOLD_ON:
+            raise ConfigError("params.yaml", f"unknown test.threshold_on '{threshold_on}'",
+                              f"use one of {THRESHOLD_ON}: what the score threshold filters (see 'At inference' above)")
         self.neck, self.rpn, self.stages, self.mask = neck, rpn, nn.ModuleList(stages), mask
-        self.test_cfg = dict(score_thresh=score_thresh, nms_iou=nms_iou, max_detections=max_detections)
+        self.test_cfg = dict(score_thresh=score_thresh, nms_iou=nms_iou, max_detections=max_detections, threshold_on=threshold_on)
         self.num_classes = stages[0].num_classes
 
     def forward(self, images, image_sizes, targets=None):
@@ -220,33 +232,36 @@ def _refine(stage: RoIStage, out: dict, rois, labels, image_sizes) -> list[torch
 
 
 def _predict(self, feats, proposals, image_sizes) -> list[dict]:
-    rois, all_scores = proposals, []
+    rois, all_scores, all_probs = proposals, [], []
     for i, stage in enumerate(self.stages):
         out = stage.head(feats, rois, image_sizes)
         scores, boxes = stage.predict(out, rois)
-        all_scores.append(scores)
+        all_scores.append(scores); all_probs.append(stage.class_probs(out))
         if i + 1 < len(self.stages):
             rois = _refine(stage, out, rois, None, image_sizes)
     scores = torch.stack(all_scores).mean(0)
+    gate = torch.stack(all_probs).mean(0) if self.test_cfg["threshold_on"] == "class" else scores
     extras = {k: out[k] for k in ("contours", "keypoints") if k in out}
-    dets = _detections_per_image(scores, boxes, [len(r) for r in rois], image_sizes, self.test_cfg, extras)
+    dets = _detections_per_image(scores, boxes, [len(r) for r in rois], image_sizes, self.test_cfg, extras, gate)
     return self.mask.predict(feats, dets, image_sizes) if self.mask is not None else dets
 
 TwoStageDetector._predict = _predict
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #76eaf898
-def _detections_per_image(scores, boxes, counts, image_sizes, cfg, extras=None) -> list[dict]:
-    "Per-class candidates above the score threshold, class-wise NMS, at most `max_detections`; per-RoI `extras` follow."
+def _detections_per_image(scores, boxes, counts, image_sizes, cfg, extras=None, gate=None) -> list[dict]:
+    "Per-class candidates whose `gate` (default: the score) exceeds the threshold, class-wise NMS by score, at most `max_detections`."
     dets, extras = [], {k: v.split(counts) for k, v in (extras or {}).items()}
-    for i, (s, b, size) in enumerate(zip(scores.split(counts), boxes.split(counts), image_sizes)):
+    gates = (scores if gate is None else gate).split(counts)
+    for i, (s, g, b, size) in enumerate(zip(scores.split(counts), gates, boxes.split(counts), image_sizes)):
         num_classes = s.shape[1]
         b = b if b.dim() == 3 else b[:, None].expand(-1, num_classes, 4)
         labels = torch.arange(num_classes, device=s.device).expand_as(s)
         roi = torch.arange(len(s), device=s.device)[:, None].expand_as(s)
-        keep = s > cfg["score_thresh"]
+        keep = g > cfg["score_thresh"]
         per_cand = {k: v[i][roi[keep]] for k, v in extras.items()}
         dets.append(nms_and_cap(b[keep], s[keep], labels[keep], size, cfg["nms_iou"], cfg["max_detections"], per_cand))
     return dets
+
 
 # %% ../../nbs/50_frameworks.two_stage.ipynb #f6f5f052
 def _build_head(head_cfg: dict, slot: str, **kw):
