@@ -2,7 +2,7 @@
 about 6 points behind at AP50 (results/unihead_noise.md). This script takes trained checkpoints of the pipeline and asks
 two questions of each, on the validation split, writing analysis/unihead_ap50_gap.md:
 
-1. Is it the post-processing? UniHead ranks by class probability x predicted IoU. Three rules for the candidate filter
+1. Is it the post-processing? UniHead ranks by class probability x predicted IoU. Rules for the candidate filter
    before NMS (`test.threshold_on`, `test.score_thresh` of the two-stage frameworks, nbs/50_frameworks.two_stage.ipynb):
    - class: keep a candidate whose class probability is above 0.05; rank by the score. The default; mmdetection's
      `multiclass_nms` with `score_factors` does the same. For a head without an IoU factor it is the only rule.
@@ -35,8 +35,9 @@ import os
 import sys
 from pathlib import Path
 
-RULES = {"class": ("class", None), "score": ("score", None), "none": ("class", 0.0), "no IoU factor": ("class", None),
-         "NMS 0.3": ("class", None)}
+# each rule: what it changes in the detector's `test_cfg` (the default rule is `class`), and whether the IoU output is dropped
+RULES = {"class": {}, "score": {"threshold_on": "score"}, "none": {"score_thresh": 0.0}, "no IoU factor": {"drop_iou": True},
+         "NMS 0.3": {"nms_iou": 0.3}}
 FP_KINDS = ("duplicate", "loose, object found", "loose, object missed", "wrong class", "background")
 
 
@@ -132,30 +133,34 @@ def analyse(name: str, root: Path, progress: bool) -> dict:
     model = load_trained(cfg, root / "runs" / name / "model.pt", len(dataset.class_names))
     if "threshold_on" not in getattr(model, "test_cfg", {}):
         raise DataError(cfg_path, f"'{name}' is not a two-stage detector", "pass Faster / Mask / Cascade R-CNN experiments")
-    default = dict(model.test_cfg)
-    out, by_rule = {"rules": {}}, {}
-    for rule, (gate, thresh) in RULES.items():
-        model.test_cfg.update(threshold_on=gate, score_thresh=default["score_thresh"] if thresh is None else thresh,
-                              nms_iou=0.3 if rule == "NMS 0.3" else default["nms_iou"])
-        with _without_iou(model) if rule == "no IoU factor" else contextlib.nullcontext():
+    default = dict(model.test_cfg, threshold_on="class")
+    out, by_rule, evals = {"rules": {}}, {}, {}
+    for rule, change in RULES.items():
+        change = dict(change)
+        drop_iou = change.pop("drop_iou", False)
+        model.test_cfg.update({**default, **change})
+        with _without_iou(model) if drop_iou else contextlib.nullcontext():
             by_rule[rule] = results = predict(model, dataset, progress=progress)
-        ev = _coco_eval(dataset.coco, results, dataset.ids)
+        evals[rule] = ev = _coco_eval(dataset.coco, results, dataset.ids)
         out["rules"][rule] = {"AP50": _ap(ev, 1), "AP75": _ap(ev, 2), "R50": _recall(ev, 1),
                               "dets_per_image": len(results) / len(dataset), "threshold": model.test_cfg["score_thresh"]}
     model.test_cfg.update(default)
     if "unihead" not in cfg["heads"] and not by_rule["class"] == by_rule["score"] == by_rule["no IoU factor"]:
         raise AssertionError(f"{name}: a head without an IoU factor gave different detections under 'class' and 'score'")
-    results = by_rule[default["threshold_on"]]
-    box = coco_evaluate(dataset.coco, results, "bbox", image_ids=dataset.ids)
+    results, ev = by_rule["class"], evals["class"]
+    box = coco_evaluate(dataset.coco, results, "bbox", image_ids=dataset.ids)     # the standard AP over IoU 0.5:0.95
     recorded = root / "metrics" / f"{name}.json"
     recorded = json.loads(recorded.read_text()) if recorded.exists() else {}
+    if "unihead" not in cfg["heads"]:
+        recorded_rule = "any (no IoU factor)"
+    else:
+        recorded_rule = recorded.get("eval_threshold_on", "score (before the record)") if recorded else None
     out["checkpoint"] = {"sha256": _sha256(root / "runs" / name / "model.pt"), "AP": 100 * box["AP"], "AP50": 100 * box["AP50"],
                          "AP75": 100 * box["AP75"], **{f"metrics_file_{k}": 100 * recorded[f"bbox_{k}"] for k in ("AP", "AP50", "AP75")
                                                        if recorded.get(f"bbox_{k}") is not None},
-                         "metrics_file_rule": recorded.get("eval_threshold_on", "score (before the record)" if recorded else None)
-                         if "unihead" in cfg["heads"] else "any (no IoU factor)"}
-    ev, agn = _coco_eval(dataset.coco, results, dataset.ids), _coco_eval(dataset.coco, results, dataset.ids, agnostic=True)
-    out["errors"] = {"rule": default["threshold_on"], "AP50": _ap(ev, 1), "AP10": _ap(ev, 0), "AP50_agnostic": _ap(agn, 1),
+                         "metrics_file_rule": recorded_rule}
+    agn = _coco_eval(dataset.coco, results, dataset.ids, agnostic=True)
+    out["errors"] = {"rule": "class", "AP50": _ap(ev, 1), "AP10": _ap(ev, 0), "AP50_agnostic": _ap(agn, 1),
                      "AP10_agnostic": _ap(agn, 0), "R50": _recall(ev, 1), "R10_agnostic": _recall(agn, 0),
                      "per_image": false_positive_kinds(dataset.coco, results, dataset.ids),
                      "top10": false_positive_kinds(dataset.coco, results, dataset.ids, top=10)}

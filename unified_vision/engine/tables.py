@@ -64,7 +64,7 @@ def render_table(spec: dict, papers: dict, metrics_dir) -> str:
         lines.append("| " + " | ".join(_row_cells(row, cols, papers, sources, metrics_dir)) + " |")
     lines += _gap_lines(spec, metrics_dir)
     lines += ["", _footnote(papers, sources)]
-    if any(line.startswith("| ") and " †" in line.split(" | ")[0] for line in lines):
+    if any(_marked(row, metrics_dir) for row in spec["rows"]):
         lines += ["", PRODUCT_THRESHOLD_NOTE]
     return "\n".join(lines) + "\n"
 
@@ -154,8 +154,7 @@ def _fmt_mean_std(vals: list[float], key: str) -> str:
 
 def _row_label(row: dict, metrics_dir) -> str:
     "The row's label (marked † if a run of it thresholded the product score); a several-run row says how many runs it averages."
-    runs = [row["experiment"]] if row.get("experiment") else row.get("experiments") or []
-    mark = " †" if any(_product_thresholded(metrics_dir, e) for e in runs) else ""
+    mark = " †" if _marked(row, metrics_dir) else ""
     if not row.get("experiments"):
         return row["label"] + mark
     n, done = len(row["experiments"]), sum(read_metrics(metrics_dir, e) is not None for e in row["experiments"])
@@ -325,6 +324,12 @@ def thresholded_product(metrics: dict, cfg: dict | None) -> bool:
         return False
     head = cfg.get("heads", {}).get("unihead", {})
     return bool(head.get("task_token", True)) and head.get("task", cfg.get("task")) != "keypoints"
+
+
+def _marked(row: dict, metrics_dir) -> bool:
+    "Whether a run of the table row `row` thresholded the product score (its label gets †, the table the note)."
+    runs = [row["experiment"]] if row.get("experiment") else row.get("experiments") or []
+    return any(_product_thresholded(metrics_dir, e) for e in runs)
 
 
 def _product_thresholded(metrics_dir, experiment: str) -> bool:

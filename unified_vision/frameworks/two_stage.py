@@ -175,7 +175,7 @@ class TwoStageDetector(nn.Module):
         super().__init__()
         if threshold_on not in THRESHOLD_ON:
             raise ConfigError("params.yaml", f"unknown test.threshold_on '{threshold_on}'",
-                              f"use one of {THRESHOLD_ON}: what the score threshold filters (see 'At inference' above)")
+                              f"use one of {THRESHOLD_ON}: what the score threshold filters (nbs/50_frameworks.two_stage.ipynb, 'At inference')")
         self.neck, self.rpn, self.stages, self.mask = neck, rpn, nn.ModuleList(stages), mask
         self.test_cfg = dict(score_thresh=score_thresh, nms_iou=nms_iou, max_detections=max_detections, threshold_on=threshold_on)
         self.num_classes = stages[0].num_classes
