@@ -4,6 +4,7 @@
     python benchmarks/bench_pipeline.py --profile smoke --one-repro   # the same, as one `dvc repro`, as a user runs it
     python benchmarks/bench_pipeline.py --profile mini --in-place  # the main job itself, in this repository
     python benchmarks/bench_pipeline.py --profile mini --in-place --stale   # only the stages dvc.lock says are out of date
+    python benchmarks/bench_pipeline.py --profile mini --in-place --stages train_unihead@x evaluate_unihead@x   # these stages
 
 Each stage is run on its own (`dvc repro --single-item --force <stage>`, in pipeline order) and timed from
 outside, so the times include process and notebook-kernel start-up (and DVC's own start, once per stage). With
@@ -182,20 +183,40 @@ def _up_to_date(repo: Path, stage: str) -> bool:
     return "changed" not in run(["dvc", "status", stage], repo)
 
 
+def study_only_experiments(params: dict) -> set[str]:
+    """The experiments that only tables other than the paper's own (`unihead_table<N>`) show: the added seed, optimizer,
+    schedule and variant study of results/unihead_noise.md. A run that a paper table needs, even indirectly (Table 8's
+    backbone pretrainings are in no table), is not one of them."""
+    in_paper, in_other = set(), set()
+    for key, table in params.get("tables", {}).items():
+        for row in table.get("rows", []):
+            names = row.get("experiments") or ([row["experiment"]] if "experiment" in row else [])
+            (in_paper if re.fullmatch(r"unihead_table\d+", key) else in_other).update(names)
+    return in_other - in_paper
+
+
 def report(profile: str, repo: Path, times: dict, one_repro: bool = False) -> str:
     total = sum(times.values())
     runs = {k: v for k, v in times.items() if k.split("@")[0].split("_")[0] in ("train", "evaluate")}
     is_baseline = lambda k: k.split("@")[0] in ("train", "evaluate")   # the `experiments` group; paper groups are train_<paper>@
     baseline = sum(v for k, v in runs.items() if is_baseline(k))
     unihead = sum(v for k, v in runs.items() if not is_baseline(k))
+    import yaml
+    study = study_only_experiments(yaml.safe_load((repo / "params.yaml").read_text()))
+    in_study = lambda k: not is_baseline(k) and k.split("@")[-1] in study
+    study_time = sum(v for k, v in runs.items() if in_study(k))
     lines = [f"### Pipeline `{profile}`", "", f"Measured on {platform.node() and 'this machine'}: {os.cpu_count()} cores, "
              f"`torch.set_num_threads` from params (`train.threads`), "
              + ("one `dvc repro` of the whole pipeline (DVC started once, as a user runs it; a stage's time from DVC's "
                 "output, its start to the next stage's). " if one_repro else "`dvc repro` stage by stage (DVC started per stage). ")
              + f"Total wall time: "
              f"**{total / 60:.1f} min**; the baseline detectors' stages (`train@*` and `evaluate@*`, the `experiments` group): "
-             f"**{baseline / 60:.1f} min**; the paper experiments' stages (all other `train@`/`evaluate@`, UniHead Tables 1-9): "
-             f"**{unihead / 60:.1f} min** over {sum(not is_baseline(k) for k in runs) // 2} experiments.", "", "| stage | wall time (s) |", "|---|---|"]
+             f"**{baseline / 60:.1f} min**; the UniHead experiments' stages (all other `train@`/`evaluate@`): "
+             f"**{unihead / 60:.1f} min** over {sum(not is_baseline(k) for k in runs) // 2} experiments. Of these, the runs "
+             f"that the paper's own tables need (results/unihead_table1-9.md, with Table 8's backbone pretrainings): "
+             f"**{(unihead - study_time) / 60:.1f} min** over {sum(not is_baseline(k) and not in_study(k) for k in runs) // 2} "
+             f"experiments; the added seed, optimizer, schedule and variant study that only results/unihead_noise.md shows: "
+             f"**{study_time / 60:.1f} min** over {sum(in_study(k) for k in runs) // 2}.", "", "| stage | wall time (s) |", "|---|---|"]
     note = _sessions_note(ROOT / "benchmarks" / "results" / f"pipeline_{profile}.times.json", times)
     lines[-2:-2] = [note, ""] if note else []
     lines += [f"| {k} | {v:.1f} |" for k, v in times.items()]
@@ -217,6 +238,8 @@ def main():
     p.add_argument("--stale", action="store_true", help="run only the stages `dvc status` says are out of date (in place)")
     p.add_argument("--one-repro", action="store_true", help="one `dvc repro` of the whole pipeline in a scratch copy, "
                    "timed from its output (what a user waits for), instead of one `dvc repro` per stage")
+    p.add_argument("--stages", nargs="+", metavar="STAGE", help="run and time only these stages, in place, in pipeline "
+                   "order, adding their times to the saved ones (an experiment added to params.yaml)")
     p.add_argument("--report-only", action="store_true", help="write the Markdown from the times saved so far (an unfinished run)")
     args = p.parse_args()
     repo = ROOT if args.in_place else scratch_copy(args.profile)
@@ -240,6 +263,12 @@ def main():
         status = json.loads(run(["dvc", "status", "--json"], repo) or "{}")
         only = stale_stages(status, stages(repo), lambda n: _trained_here(repo, n))
         print(f"{len(only)} stages out of date: {', '.join(only)}", flush=True)
+    if args.stages:
+        assert args.in_place, "--stages updates this repository's dvc.lock: use it with --in-place"
+        order = stages(repo)
+        unknown = sorted(set(args.stages) - set(order))
+        assert not unknown, f"not stages of this pipeline: {', '.join(unknown)} (see `dvc stage list`)"
+        only = [n for n in order if n in args.stages]
     if args.one_repro:
         assert not args.in_place, "--one-repro times a fresh pipeline: run it in a scratch copy (without --in-place)"
         times = time_one_repro(repo, progress)

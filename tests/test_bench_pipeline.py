@@ -49,3 +49,13 @@ def test_one_repro_times_each_stage_from_its_start_to_the_next():
     assert list(times) == ["data", "train@a", "evaluate@a"]
     assert times == {"data": 3.0, "train@a": 6.5, "evaluate@a": 4.0}
     assert bench.stage_times_from_output([(1.0, "Stage 'data' didn't change, skipping\n")], end=2.0) == {}
+
+
+def test_study_only_experiments_are_those_no_paper_table_shows():
+    "The wall-time split: a run a paper table shows (even beside the study) counts as the paper's; a run in no table too."
+    params = {"tables": {
+        "unihead_table7": {"rows": [{"experiment": "uni"}, {"label": "paper only", "note": "no run"}]},
+        "unihead_noise": {"rows": [{"experiments": ["uni", "uni_seed1"], "label": "seeds"}, {"experiment": "uni_adamw"}]},
+        "baselines": {"rows": [{"experiment": "base_retina"}]}}}
+    assert bench.study_only_experiments(params) == {"uni_seed1", "uni_adamw", "base_retina"}
+    assert bench.study_only_experiments({}) == set()

@@ -17,8 +17,8 @@ from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
 __all__ = ['TWO_STAGE_FRAMEWORKS', 'PRODUCT_THRESHOLD_NOTE', 'read_metrics', 'paper_row', 'render_table', 'count_parameters',
-           'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'plot_curves', 'write_results', 'welch_gap',
-           'thresholded_product']
+           'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'line_looks', 'plot_curves', 'write_results',
+           'welch_gap', 'thresholded_product']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -206,18 +206,25 @@ def moving_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
+def line_looks(n: int) -> list[tuple]:
+    """(colour, line style) for `n` lines: tab10's colours up to 10, tab20's beyond, and past 20 the colours again dashed,
+    then dotted, so that no two lines look alike (up to 60)."""
+    colours = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
+    return [(colours[i % len(colours)], ["-", "--", ":"][i // len(colours) % 3]) for i in range(n)]
+
+
 def plot_curves(logs_dir, experiments: list[str], metric: str, out_png, smooth: int = 5) -> Path | None:
     """One line per experiment of dvclive metric `metric` (e.g. 'train/loss'), as a moving mean over `smooth` logged
-    values; None if no log exists. Up to 10 runs get tab10's colours, more get tab20's, so that no two share one."""
+    values; None if no log exists. Each run has its own look (`line_looks`); the figure grows with the legend, so that
+    every run is named."""
     paths = [(exp, Path(logs_dir) / exp / "plots" / "metrics" / f"{metric}.tsv") for exp in experiments]
     paths = [(exp, p) for exp, p in paths if p.exists()]
     if not paths:
         return None
-    colours = plt.get_cmap("tab10" if len(paths) <= 10 else "tab20").colors
-    fig, ax = plt.subplots(figsize=(7.5 if len(paths) > 6 else 6, 3.5))
-    for i, (exp, path) in enumerate(paths):
+    fig, ax = plt.subplots(figsize=(7.5 if len(paths) > 6 else 6, max(3.5, 0.6 + 0.14 * len(paths))))
+    for (exp, path), (colour, style) in zip(paths, line_looks(len(paths))):
         steps, values = read_tsv_curve(path)
-        ax.plot(steps, moving_mean(values, smooth), label=exp, color=colours[i % len(colours)], lw=1.2)
+        ax.plot(steps, moving_mean(values, smooth), label=exp, color=colour, ls=style, lw=1.2)
     ax.set_xlabel("iteration"); ax.set_yscale("log")
     ax.set_ylabel(f"{metric} (mean of {smooth} logs)" if smooth > 1 else metric)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False); fig.tight_layout()
