@@ -187,11 +187,10 @@ def study_only_experiments(params: dict) -> set[str]:
     """The experiments that only tables other than the paper's own (`unihead_table<N>`) show: the added seed, optimizer,
     schedule and variant study of results/unihead_noise.md. A run that a paper table needs, even indirectly (Table 8's
     backbone pretrainings are in no table), is not one of them."""
+    from unified_vision.engine.tables import experiments_of   # the tables stage's own reading of a table's rows
     in_paper, in_other = set(), set()
     for key, table in params.get("tables", {}).items():
-        for row in table.get("rows", []):
-            names = row.get("experiments") or ([row["experiment"]] if "experiment" in row else [])
-            (in_paper if re.fullmatch(r"unihead_table\d+", key) else in_other).update(names)
+        (in_paper if re.fullmatch(r"unihead_table\d+", key) else in_other).update(experiments_of(table))
     return in_other - in_paper
 
 

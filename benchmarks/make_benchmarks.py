@@ -4,7 +4,7 @@
     python benchmarks/make_benchmarks.py --run      # rerun the quick benchmarks first (ops, smoke pipeline)
 
 The mini pipeline is timed by `python benchmarks/bench_pipeline.py --profile mini --in-place`, which is the
-main job itself (about eight hours on 2 cores at `mini`), so it is not rerun by --run.
+main job itself (about ten hours on 2 cores at `mini`), so it is not rerun by --run.
 """
 import argparse
 import subprocess
