@@ -18,7 +18,7 @@ from ..core import ConfigError, DataError, atomic_path, load_yaml
 # %% auto #0
 __all__ = ['TWO_STAGE_FRAMEWORKS', 'PRODUCT_THRESHOLD_NOTE', 'read_metrics', 'paper_row', 'render_table', 'count_parameters',
            'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'line_looks', 'plot_curves', 'write_results',
-           'experiments_of', 'welch_gap', 'thresholded_product']
+           'runs_of', 'experiments_of', 'welch_gap', 'thresholded_product']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -248,10 +248,14 @@ def write_results(tables: dict, papers: dict, metrics_dir, logs_dir, out_dir="re
     return written
 
 
+def runs_of(row: dict) -> list[str]:
+    "The runs of one table row: its `experiment`, or its `experiments` (several seeds); none for a paper-only row."
+    return row.get("experiments") or _as_list(row.get("experiment"))
+
+
 def experiments_of(spec: dict) -> list[str]:
     "Every run a table shows, in row order, each once."
-    names = [e for r in spec["rows"] for e in ([r["experiment"]] if r.get("experiment") else r.get("experiments", []))]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(e for r in spec["rows"] for e in runs_of(r)))
 
 
 # %% ../../nbs/73_engine.tables.ipynb #9a1c0e22
@@ -309,8 +313,7 @@ def _row_by_label(spec: dict, label: str) -> dict:
 
 def _column_values(row: dict, col: str, metrics_dir) -> list[float]:
     "The values of one column over the evaluated runs of a row (one run for an `experiment` row)."
-    names = row.get("experiments") or _as_list(row.get("experiment"))
-    runs = [m for m in (_run_metrics(metrics_dir, e) for e in names) if m is not None]
+    runs = [m for m in (_run_metrics(metrics_dir, e) for e in runs_of(row)) if m is not None]
     return [v for v in (m.get(_key(m, col, row.get("prefix"))) for m in runs) if v is not None]
 
 
@@ -335,8 +338,7 @@ def thresholded_product(metrics: dict, cfg: dict | None) -> bool:
 
 def _marked(row: dict, metrics_dir) -> bool:
     "Whether a run of the table row `row` thresholded the product score (its label gets †, the table the note)."
-    runs = [row["experiment"]] if row.get("experiment") else row.get("experiments") or []
-    return any(_product_thresholded(metrics_dir, e) for e in runs)
+    return any(_product_thresholded(metrics_dir, e) for e in runs_of(row))
 
 
 def _product_thresholded(metrics_dir, experiment: str) -> bool:
