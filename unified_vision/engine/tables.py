@@ -17,8 +17,8 @@ from ..core import ConfigError, DataError, atomic_path, load_yaml
 
 # %% auto #0
 __all__ = ['TWO_STAGE_FRAMEWORKS', 'PRODUCT_THRESHOLD_NOTE', 'read_metrics', 'paper_row', 'render_table', 'count_parameters',
-           'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'line_looks', 'plot_curves', 'write_results',
-           'runs_of', 'experiments_of', 'welch_gap', 'thresholded_product']
+           'experiment_parameters', 'read_tsv_curve', 'moving_mean', 'line_looks', 'fit_legend', 'curves_figure',
+           'plot_curves', 'write_results', 'runs_of', 'experiments_of', 'welch_gap', 'thresholded_product']
 
 # %% ../../nbs/73_engine.tables.ipynb #71c6d190
 def read_metrics(metrics_dir, experiment: str) -> dict | None:
@@ -213,21 +213,43 @@ def line_looks(n: int) -> list[tuple]:
     return [(colours[i % len(colours)], ["-", "--", ":"][i // len(colours) % 3]) for i in range(n)]
 
 
+def fit_legend(fig, legend, pad_in: float = 0.1, tries: int = 4):
+    """Lay out `fig` with `legend` beside its axes: the axes take the width the legend leaves and the full height,
+    and the figure grows until the legend (hanging from the axes' top) ends inside it. The legend is kept out of
+    `tight_layout`, which would otherwise shrink the axes to the legend's height."""
+    legend.set_in_layout(False)
+    for _ in range(tries):
+        fig.canvas.draw()
+        box = legend.get_window_extent()
+        fig.tight_layout(rect=(0, 0, 1 - (box.width / fig.dpi + pad_in) / fig.get_figwidth(), 1))
+        fig.canvas.draw()
+        below_in = -legend.get_window_extent().y0 / fig.dpi     # > 0: this many inches of the legend are cut off
+        if below_in <= 0:
+            return fig
+        fig.set_figheight(fig.get_figheight() + below_in + pad_in)
+    return fig
+
+
+def curves_figure(curves: list[tuple], metric: str, smooth: int = 5):
+    "The figure of `plot_curves`: one line per (name, tsv path), each with its own look, the legend beside the axes."
+    fig, ax = plt.subplots(figsize=(7.5 if len(curves) > 6 else 6, 3.5))
+    for (name, path), (colour, style) in zip(curves, line_looks(len(curves))):
+        steps, values = read_tsv_curve(path)
+        ax.plot(steps, moving_mean(values, smooth), label=name, color=colour, ls=style, lw=1.2)
+    ax.set_xlabel("iteration"); ax.set_yscale("log")
+    ax.set_ylabel(f"{metric} (mean of {smooth} logs)" if smooth > 1 else metric)
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fit_legend(fig, legend)
+
+
 def plot_curves(logs_dir, experiments: list[str], metric: str, out_png, smooth: int = 5) -> Path | None:
     """One line per experiment of dvclive metric `metric` (e.g. 'train/loss'), as a moving mean over `smooth` logged
-    values; None if no log exists. Each run has its own look (`line_looks`); the figure grows with the legend, so that
-    every run is named."""
+    values, written to `out_png`; None if no log exists."""
     paths = [(exp, Path(logs_dir) / exp / "plots" / "metrics" / f"{metric}.tsv") for exp in experiments]
     paths = [(exp, p) for exp, p in paths if p.exists()]
     if not paths:
         return None
-    fig, ax = plt.subplots(figsize=(7.5 if len(paths) > 6 else 6, max(3.5, 0.6 + 0.14 * len(paths))))
-    for (exp, path), (colour, style) in zip(paths, line_looks(len(paths))):
-        steps, values = read_tsv_curve(path)
-        ax.plot(steps, moving_mean(values, smooth), label=exp, color=colour, ls=style, lw=1.2)
-    ax.set_xlabel("iteration"); ax.set_yscale("log")
-    ax.set_ylabel(f"{metric} (mean of {smooth} logs)" if smooth > 1 else metric)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False); fig.tight_layout()
+    fig = curves_figure(paths, metric, smooth)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
