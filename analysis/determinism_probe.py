@@ -40,6 +40,10 @@ VARIANTS = {
     "default": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
     "compatible": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"},
+    # added 2026-12-05, after `compatible` agreed across Intel and AMD at 2.8x the time of a full pretraining: which
+    # library's cap is the one that matters? MKL alone, or MKL with the other two capped at AVX2 (cheaper than SSE4.1)
+    "mkl_compatible": {"MKL_CBWR": "COMPATIBLE"},
+    "avx2_mkl_compatible": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"},
 }
 SWITCHES = sorted({k for v in VARIANTS.values() for k in v})
 
@@ -106,7 +110,8 @@ def experiment_of(record: dict) -> str:
 
 
 def render(records: list[dict]) -> str:
-    "Markdown: one row per machine, one column per variant (hash prefix, seconds); then whether each variant agrees."
+    """Markdown: one row per machine, one column per variant (hash prefix, seconds; – where a record predates the
+    variant); then whether each variant agrees, over the records that have it."""
     names = list(VARIANTS)
     lines = ["# Bit-reproducibility across machines: the probe's records", "",
              "Written by `python analysis/determinism_probe.py` (see its docstring): a `mini` experiment (the backbone "
@@ -117,14 +122,17 @@ def render(records: list[dict]) -> str:
              "|---|---|---|---|---|---|" + "---|" * len(names)]
     for r in records:
         cpu = f"{r['cpu'].get('model name', '?')} (family {r['cpu'].get('cpu family', '?')}, model {r['cpu'].get('model', '?')})"
-        cells = [f"`{r['variants'][n]['hash'][:12]}` ({r['variants'][n]['seconds']} s)" for n in names]
+        cells = [f"`{r['variants'][n]['hash'][:12]}` ({r['variants'][n]['seconds']} s)" if n in r["variants"] else "–"
+                 for n in names]
         lines.append(f"| {r['date']} | {cpu} | {' '.join(r['cpu']['extensions'])} | {experiment_of(r)} | {r['iterations']} | "
                      f"{'yes' if r['repeatable'] else 'NO'} | " + " | ".join(cells) + " |")
     lines += ["", "Per setting, over the machines with the same experiment and iteration count:", ""]
     for exp, it in sorted({(experiment_of(r), r["iterations"]) for r in records}):
-        same = [r for r in records if r["iterations"] == it and experiment_of(r) == exp]
-        cpus = {r["cpu"].get("cpu family", "?") + "/" + r["cpu"].get("model", "?") for r in same}
         for n in names:
+            same = [r for r in records if r["iterations"] == it and experiment_of(r) == exp and n in r["variants"]]
+            if not same:                                  # a setting added after these records were taken
+                continue
+            cpus = {r["cpu"].get("cpu family", "?") + "/" + r["cpu"].get("model", "?") for r in same}
             hashes = {r["variants"][n]["hash"] for r in same}
             verdict = ("only one CPU model so far" if len(cpus) < 2 else
                        "the same weights on every CPU model" if len(hashes) == 1 else f"{len(hashes)} different results")

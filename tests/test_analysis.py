@@ -57,9 +57,9 @@ def test_probe_verdict_per_setting():
         return {"date": "2026-12-02", "iterations": 30, "repeatable": True,
                 "cpu": {"model name": "X", "cpu family": family, "model": model, "extensions": ["avx2"]},
                 "variants": {n: {"hash": h * 16, "seconds": 1.0} for n, h in zip(probe.VARIANTS, hashes)}}
-    one = probe.render([record("25", "17", "abc")])
+    one = probe.render([record("25", "17", "abcde")])
     assert one.count("only one CPU model so far") == len(probe.VARIANTS)
-    two = probe.render([record("25", "17", "abc"), record("25", "1", "xbx")])
+    two = probe.render([record("25", "17", "abcde"), record("25", "1", "xbxyz")])
     assert "`default` (no switch): 2 record(s), 2 CPU model(s): 2 different results" in two
     assert "`avx2` (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, MKL_CBWR=AVX2): 2 record(s), 2 CPU model(s): the same weights on every CPU model" in two
 
@@ -74,6 +74,17 @@ def test_probe_compares_records_of_the_same_experiment_only():
     assert "| pretrain | 30 |" in text and "| baseline_faster_rcnn | 30 |" in text   # old records: the pretraining
     assert "- pretrain, 30 iterations, `default` (no switch): 2 record(s), 2 CPU model(s): the same weights" in text
     assert "- baseline_faster_rcnn, 30 iterations, `default` (no switch): 1 record(s), 1 CPU model(s): only one CPU model" in text
+
+
+def test_probe_renders_records_taken_before_a_setting_existed():
+    new = {"date": "2026-12-05", "iterations": 30, "repeatable": True,
+           "cpu": {"model name": "X", "cpu family": "6", "model": "167", "extensions": ["avx2"]},
+           "variants": {n: {"hash": "a" * 64, "seconds": 1.0} for n in probe.VARIANTS}}
+    old = {**new, "cpu": {**new["cpu"], "cpu family": "25"}, "variants": {n: new["variants"][n] for n in ("default", "avx2", "compatible")}}
+    text = probe.render([old, new])
+    assert "| – |" in text                                                 # the old record has no cell for the new settings
+    assert "`compatible` (ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41, MKL_CBWR=COMPATIBLE): 2 record(s), 2 CPU model(s): the same" in text
+    assert "`mkl_compatible` (MKL_CBWR=COMPATIBLE): 1 record(s), 1 CPU model(s): only one CPU model so far" in text
 
 
 _gap_spec = importlib.util.spec_from_file_location("unihead_ap50_gap", Path(__file__).parents[1] / "analysis" / "unihead_ap50_gap.py")
