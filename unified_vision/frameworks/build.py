@@ -44,7 +44,9 @@ def build_model(cfg: dict, num_classes: int) -> nn.Module:
     if cfg["framework"] == "classifier":
         head = head_config(cfg) if fw.get("head") or cfg.get("head") else None
         return ImageClassifier(model_cfg["backbone"], num_classes, head=head, **{k: v for k, v in fw.items() if k != "head"})
-    neck = BackboneFPN(model_cfg["backbone"], model_cfg.get("neck", {}).get("channels", 256), fw["levels"], fw.get("extra", "maxpool"))
+    neck_cfg = model_cfg.get("neck") or {}
+    neck = BackboneFPN(model_cfg["backbone"], neck_cfg.get("channels", 256), fw["levels"], fw.get("extra", "maxpool"),
+                       size_divisible=neck_cfg.get("size_divisible"))
     return FRAMEWORKS.build(cfg["framework"], fw=fw, head_cfg=head_config(cfg), num_classes=num_classes, neck=neck)
 
 # %% ../../nbs/52_frameworks.build.ipynb #7d726dab

@@ -99,7 +99,8 @@ def _extra_block(extra: str, c5_channels: int, channels: int):
 class BackboneFPN(nn.Module):
     "timm backbone + torchvision FPN: images -> `OrderedDict(p{l}: [B, channels, H/2^l, W/2^l])`."
 
-    def __init__(self, backbone: dict, channels: int = 256, levels=(2, 3, 4, 5, 6), extra: str = "maxpool"):
+    def __init__(self, backbone: dict, channels: int = 256, levels=(2, 3, 4, 5, 6), extra: str = "maxpool",
+                 size_divisible: int | None = None):
         super().__init__()
         self.levels = list(levels)
         body_levels = [l for l in self.levels if 2 <= l <= 5]
@@ -108,7 +109,10 @@ class BackboneFPN(nn.Module):
         self.backbone = TimmBackbone(backbone["name"], [2**l for l in body_levels], backbone.get("pretrained", False), **kwargs)
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, channels, _extra_block(extra, self.backbone.channels[-1], channels))
         self.out_channels, self.strides = channels, [2**l for l in self.levels]
-        self.size_divisible = max(self.strides)
+        if size_divisible is not None and (isinstance(size_divisible, bool) or not isinstance(size_divisible, int) or size_divisible < 1):
+            raise ConfigError("params.yaml", f"model.neck.size_divisible must be a positive integer, got {size_divisible!r}",
+                              "set it to e.g. 32 (mmdetection's padding) or leave it out (the largest stride)")
+        self.size_divisible = size_divisible or max(self.strides)          # batches are padded to a multiple of this
 
     def forward(self, images: torch.Tensor) -> OrderedDict:
         feats = self.backbone(images)
