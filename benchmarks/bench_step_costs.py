@@ -133,7 +133,7 @@ def render(results: dict, iters: int) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=20)   # the committed step_costs_cpu.md
     p.add_argument("--experiments", nargs="+", default=["uni_faster_rcnn", "uni_atss", "uni_fcos"])
     args = p.parse_args()
     torch.set_num_threads(2)
