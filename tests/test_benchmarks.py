@@ -101,3 +101,36 @@ def test_flop_reading_states_the_ratios_of_each_row():
     text = bench.flop_reading([("Faster R-CNN", r)])
     assert "3.0x the baseline head's" in text and "(30 vs 10 GFLOPs" in text and text.startswith("- Faster R-CNN:")
     assert "whole model 1.20x" in text and "time ratio is 1.30x" in text
+
+
+def _load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roi_align_backward_bench_replays_the_calls_of_a_step(smoke_cfg):
+    "The RoIAlign benchmark records a real step's backward calls, replays them through both kernels and compares."
+    from unified_vision import ops
+    if not ops.extension_available():
+        pytest.skip("unified_vision._C is not built")
+    from unified_vision.data.coco import collate
+    from unified_vision.engine.experiment import build_dataset
+    from unified_vision.frameworks.build import build_model
+    rab = _load_bench("bench_roi_align_backward")
+    cfg = smoke_cfg("baseline_mask_rcnn")
+    train = build_dataset(cfg, "train")
+    torch.manual_seed(0)
+    model = build_model(cfg, len(train.class_names))
+    was, ext = ops.use_parallel_roi_align_backward(), ops._C
+    try:
+        calls = rab.record_calls(model, collate([train[0], train[1]], model.neck.size_divisible))
+        assert ops._C is ext                                                    # the recorder is gone again
+        assert {tuple(c[0].shape[-2:]) for c in calls} == {(7, 7), (14, 14)}   # box and mask branches
+        result = rab.replay(calls, reps=1)
+    finally:
+        ops.use_parallel_roi_align_backward(was)
+    assert result["equal"] and result["calls"] == len(calls) and set(result["median"]) == {"torchvision", "ours"}
+    text = rab.render({("smoke", "baseline_mask_rcnn"): result}, {}, type("A", (), {"iters": 1, "reps": 1, "coco": False})())
+    assert "| smoke | baseline_mask_rcnn |" in text and "| yes |" in text

@@ -1,4 +1,6 @@
 """Every framework trains for a few steps on `smoke` with falling loss, and its inference returns COCO-style detections."""
+import copy
+
 import pytest
 import torch
 
@@ -77,3 +79,42 @@ def test_threshold_on_class_only_adds_lower_scored_detections(smoke_cfg):
         assert (by_score["scores"] > t).all() and (by_class["scores"][n:] <= t).all()
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(by_class[key][:n], by_score[key]), key
+
+
+@pytest.mark.parametrize("name", ["uni_mask_rcnn", "baseline_cascade_rcnn"])
+def test_roi_align_backward_kernel_leaves_training_unchanged(smoke_cfg, monkeypatch, name):
+    "Three training steps with torchvision's RoIAlign CPU backward and with ours end in the same weights, bit for bit."
+    from unified_vision import ops
+    if not ops.extension_available():
+        pytest.skip("unified_vision._C is not built")
+    calls, ext = [], ops._C
+
+    class Counting:                                        # ops._C, counting the RoIAlign backward calls
+        def roi_align_backward(self, *args):
+            calls.append(1)
+            return ext.roi_align_backward(*args)
+
+        def __getattr__(self, name):
+            return getattr(ext, name)
+    monkeypatch.setattr(ops, "_C", Counting())
+    cfg = smoke_cfg(name)
+    ds = build_dataset(cfg, "train")
+    torch.manual_seed(0)
+    start = build_model(cfg, len(ds.class_names)).train()
+    batch = collate([ds[i] for i in range(4)], start.neck.size_divisible)
+    was, weights = ops.use_parallel_roi_align_backward(), []
+    try:
+        for ours in (False, True):
+            ops.use_parallel_roi_align_backward(ours)
+            model = copy.deepcopy(start)
+            opt = build_optimizer(model, cfg["train"]["optimizer"])
+            torch.manual_seed(1)
+            for _ in range(3):
+                loss = sum(model(batch.images, batch.image_sizes, batch.targets).values())
+                opt.zero_grad(); loss.backward(); opt.step()
+            weights.append(model.state_dict())
+    finally:
+        ops.use_parallel_roi_align_backward(was)
+    moved = [k for k, v in start.state_dict().items() if v.is_floating_point() and not torch.equal(v, weights[0][k])]
+    assert len(moved) > 10 and len(calls) >= 3             # the steps trained the model, through our kernel
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -392,6 +392,79 @@ def test_cpu_half_uses_reference_without_warning():
     assert out.dtype == torch.bfloat16
 
 
+# ---------------------------------------------------------------- RoIAlign backward on the CPU
+
+@pytest.fixture()
+def roi_align_kernels():
+    "Switch between torchvision's RoIAlign CPU backward and ours; restores the switch and the thread count."
+    was, threads = ops.use_parallel_roi_align_backward(), torch.get_num_threads()
+    yield ops.use_parallel_roi_align_backward
+    ops.use_parallel_roi_align_backward(was)
+    torch.set_num_threads(threads)
+
+
+class _CountingExtension:
+    "Stands in for ops._C and counts the calls of the RoIAlign backward kernel."
+    def __init__(self, ext):
+        self.ext, self.calls = ext, 0
+
+    def roi_align_backward(self, *args):
+        self.calls += 1
+        return self.ext.roi_align_backward(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.ext, name)
+
+
+def _roi_align_input_grad(x, rois, g, scale, sampling_ratio, aligned):
+    x = x.detach().requires_grad_()
+    out = torchvision.ops.roi_align(x, rois, tuple(g.shape[-2:]), scale, sampling_ratio, aligned)
+    return torch.autograd.grad(out, x, g)[0]
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_roi_align_backward_is_torchvisions_bit_for_bit(roi_align_kernels, monkeypatch, dtype, aligned, sampling_ratio):
+    "Inside, across and outside the map, degenerate RoIs, a non-contiguous gradient, 1 and 3 threads: torch.equal."
+    x = torch.randn(3, 21, 13, 17, generator=torch.Generator().manual_seed(1)).to(dtype)
+    rois = make_rois(3, 40, 13, 17, 0.25, seed=2).to(dtype)
+    g = torch.randn(40, 5, 6, 21, generator=torch.Generator().manual_seed(3)).to(dtype).permute(0, 3, 1, 2)
+    counting = _CountingExtension(ops._C)
+    monkeypatch.setattr(ops, "_C", counting)
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        roi_align_kernels(False)
+        theirs = _roi_align_input_grad(x, rois, g, 0.25, sampling_ratio, aligned)
+        roi_align_kernels(True)
+        ours = _roi_align_input_grad(x, rois, g, 0.25, sampling_ratio, aligned)
+        assert theirs.abs().sum() > 0 and torch.equal(ours, theirs)
+    assert counting.calls == 2
+
+
+@needs_ext
+def test_roi_align_backward_edge_cases(roi_align_kernels):
+    roi_align_kernels(True)
+    x = torch.randn(2, 3, 8, 9)
+    for rois in (torch.zeros(0, 5), torch.tensor([[1.0, 100.0, 100.0, 120.0, 130.0]])):   # none; wholly outside
+        g = torch.randn(len(rois), 3, 7, 7)
+        grad = _roi_align_input_grad(x, rois, g, 1.0, 0, True)
+        assert grad.shape == x.shape and not grad.any()
+    with pytest.raises(RuntimeError, match="rois must be"):
+        ops._C.roi_align_backward(torch.randn(2, 3, 7, 7), torch.zeros(3, 5), 1.0, 7, 7, 2, 3, 8, 9, 0, True)
+
+
+def test_roi_align_backward_switch(roi_align_kernels, monkeypatch):
+    assert roi_align_kernels(False) is False
+    assert roi_align_kernels(True) is ops.extension_available()
+    monkeypatch.setenv("UV_ROI_ALIGN_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="UV_ROI_ALIGN_BACKWARD='fast'.*torchvision"):
+        ops._roi_align_backward_choice()
+    monkeypatch.setenv("UV_ROI_ALIGN_BACKWARD", "torchvision")
+    assert ops._roi_align_backward_choice() == "torchvision"
+
+
 # ---------------------------------------------------------------- fallback and registration
 
 def test_fallback_to_reference_warns_once(monkeypatch):

@@ -17,7 +17,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['extension_available', 'point_sample_reference', 'point_sample', 'multilevel_point_sample',
-           'deform_roi_pool_reference', 'deform_roi_pool', 'ms_deform_attn_reference', 'ms_deform_attn', 'MSDeformAttn']
+           'deform_roi_pool_reference', 'deform_roi_pool', 'ms_deform_attn_reference', 'ms_deform_attn', 'MSDeformAttn',
+           'use_parallel_roi_align_backward']
 
 # %% ../nbs/60_ops.ipynb #9e822cce
 try:
@@ -475,3 +476,41 @@ class MSDeformAttn(nn.Module):
         size = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(query.dtype)  # (L, 2) as (W, H)
         loc = reference_points[:, :, None, :, None, :] + offsets / size[None, None, None, :, None, :]
         return self.output_proj(ms_deform_attn(v, spatial_shapes, level_start_index, loc, weights))
+
+# %% ../nbs/60_ops.ipynb #11853767
+_ROI_ALIGN_BACKWARD_CHOICES = ("ours", "torchvision")
+_roi_align_registration = None  # the torch.library.Library that serves torchvision's CPU kernel, when installed
+
+
+def _roi_align_backward_cpu(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                            height, width, sampling_ratio, aligned):
+    return _C.roi_align_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                                 height, width, sampling_ratio, aligned)
+
+
+def use_parallel_roi_align_backward(enabled: bool = True) -> bool:
+    """Serve torchvision's RoIAlign backward on the CPU with the parallel kernel of `kernels/` (`enabled`) or
+    with torchvision's own serial one. Both give the same gradient bit for bit. Returns whether the parallel
+    kernel is now in use (never without the compiled extension)."""
+    global _roi_align_registration
+    if enabled and _roi_align_registration is None and _C is not None:
+        import torchvision  # noqa: F401  (defines the torchvision:: ops before one of their kernels is replaced)
+        lib = torch.library.Library("torchvision", "IMPL")
+        lib.impl("_roi_align_backward", _roi_align_backward_cpu, "CPU")
+        _roi_align_registration = lib
+    elif not enabled and _roi_align_registration is not None:
+        _roi_align_registration._destroy()  # torchvision's kernel serves the CPU again
+        _roi_align_registration = None
+    return _roi_align_registration is not None
+
+
+def _roi_align_backward_choice() -> str:
+    choice = os.environ.get("UV_ROI_ALIGN_BACKWARD", "ours")
+    if choice not in _ROI_ALIGN_BACKWARD_CHOICES:
+        raise ValueError(f"UV_ROI_ALIGN_BACKWARD={choice!r} is not one of {_ROI_ALIGN_BACKWARD_CHOICES}: "
+                         "'ours' (the default) or 'torchvision' (its serial CPU kernel); unset it or pick one")
+    return choice
+
+
+use_parallel_roi_align_backward(_roi_align_backward_choice() == "ours")
+

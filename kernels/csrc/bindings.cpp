@@ -6,6 +6,7 @@
 #include "deform_roi_pool/deform_roi_pool.h"
 #include "ms_deform_attn/ms_deform_attn.h"
 #include "point_sample/point_sample.h"
+#include "roi_align/roi_align.h"
 
 namespace uv {
 namespace {
@@ -163,6 +164,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(
   return ms_deform_attn_backward_cpu(grad_output, value, spatial_shapes, level_start_index, loc, attn);
 }
 
+at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                              int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
+  TORCH_CHECK(grad.is_cpu() && rois.is_cpu(), "roi_align_backward: CPU tensors only (on a GPU, torchvision's own "
+                                              "CUDA kernel is the fast one)");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(1) == channels && grad.size(2) == pooled_height &&
+                  grad.size(3) == pooled_width,
+              "roi_align_backward: grad must be (R, ", channels, ", ", pooled_height, ", ", pooled_width, "), got ",
+              grad.sizes());
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5 && rois.size(0) == grad.size(0),
+              "roi_align_backward: rois must be (R, 5) with R = ", grad.size(0), ", got ", rois.sizes());
+  check_same(grad, rois, "roi_align_backward", "grad", "rois");
+  return roi_align_backward_cpu(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                                height, width, sampling_ratio, aligned);
+}
+
 }  // namespace
 }  // namespace uv
 
@@ -188,4 +205,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "ms_deform_attn backward -> (grad_value, grad_sampling_locations, grad_attention_weights)",
         py::arg("grad_output"), py::arg("value"), py::arg("spatial_shapes"),
         py::arg("level_start_index"), py::arg("sampling_locations"), py::arg("attention_weights"));
+  m.def("roi_align_backward", &uv::roi_align_backward,
+        "torchvision's _roi_align_backward (same arguments, same result bit for bit), in parallel on the CPU",
+        py::arg("grad"), py::arg("rois"), py::arg("spatial_scale"), py::arg("pooled_height"),
+        py::arg("pooled_width"), py::arg("batch_size"), py::arg("channels"), py::arg("height"), py::arg("width"),
+        py::arg("sampling_ratio"), py::arg("aligned"));
 }

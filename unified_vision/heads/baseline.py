@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
+import unified_vision.ops  # noqa: F401  (importing it serves RoIAlign's CPU backward with the parallel kernel)
 from ..core import Registry
 
 # %% auto #0

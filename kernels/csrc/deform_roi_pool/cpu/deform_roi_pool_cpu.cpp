@@ -23,7 +23,7 @@
 
 #include "common/bilinear.h"
 #include "common/cpu_utils.h"
-#include "deform_roi_pool/roi_geometry.h"
+#include "common/roi_geometry.h"
 
 namespace uv {
 namespace {

@@ -15,7 +15,7 @@
 
 #include "common/bilinear.h"
 #include "common/cuda_utils.cuh"
-#include "deform_roi_pool/roi_geometry.h"
+#include "common/roi_geometry.h"
 
 namespace uv {
 namespace {

@@ -1,6 +1,8 @@
-// Geometry of one RoI for deform_roi_pool, shared by the CPU and CUDA kernels (aligned=True, as
-// torchvision.ops.roi_align and mmcv DeformRoIPool):
+// Geometry of one RoI, shared by the CPU and CUDA kernels of deform_roi_pool (aligned=True, as
+// torchvision.ops.roi_align and mmcv DeformRoIPool), and for the CPU backward of RoIAlign (either
+// `aligned`):
 //   start = corner * spatial_scale - 0.5, size = end - start (no clamping to one pixel),
+//   or, with aligned=False, start = corner * spatial_scale and size = max(end - start, 1),
 //   bin = size / pooled, grid = sampling_ratio > 0 ? sampling_ratio : ceil(size / pooled),
 //   count = max(grid_h * grid_w, 1).
 #pragma once
@@ -22,16 +24,21 @@ struct RoiGeometry {
 // `roi` holds [batch_index, x1, y1, x2, y2] already converted to T.
 template <typename T>
 UV_HOST_DEVICE RoiGeometry<T> roi_geometry(const T roi[5], int64_t N, T scale, int64_t PH, int64_t PW,
-                                           int64_t sampling_ratio) {
+                                           int64_t sampling_ratio, bool aligned = true) {
   RoiGeometry<T> g;
   const int64_t b = static_cast<int64_t>(roi[0]);
   g.batch = (b >= 0 && b < N) ? b : -1;
-  g.start_w = roi[1] * scale - T(0.5);
-  g.start_h = roi[2] * scale - T(0.5);
-  const T end_w = roi[3] * scale - T(0.5);
-  const T end_h = roi[4] * scale - T(0.5);
+  const T offset = aligned ? T(0.5) : T(0);
+  g.start_w = roi[1] * scale - offset;
+  g.start_h = roi[2] * scale - offset;
+  const T end_w = roi[3] * scale - offset;
+  const T end_h = roi[4] * scale - offset;
   g.roi_w = end_w - g.start_w;
   g.roi_h = end_h - g.start_h;
+  if (!aligned) {  // torchvision forces a malformed RoI to one pixel
+    g.roi_w = g.roi_w < T(1) ? T(1) : g.roi_w;
+    g.roi_h = g.roi_h < T(1) ? T(1) : g.roi_h;
+  }
   g.bin_h = g.roi_h / static_cast<T>(PH);
   g.bin_w = g.roi_w / static_cast<T>(PW);
   if (sampling_ratio > 0) {
