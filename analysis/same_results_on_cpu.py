@@ -1,14 +1,17 @@
-"""Does a code change alter what the CPU pipeline computes? Train and evaluate `smoke` experiments with two versions
-of the code and compare the trained weights, the loss histories and the metrics bit for bit.
+"""Does a code change alter what the CPU pipeline computes? Train and evaluate experiments with two versions of the
+code (or two settings of it) and compare the trained weights, the loss histories and the metrics bit for bit.
 
     # in each checkout (an old one made with `git worktree add /tmp/old <commit>`, with its `_C` .so copied in):
     python analysis/same_results_on_cpu.py run EXPERIMENT ... > /tmp/<version>.json
     # then, here:
-    python analysis/same_results_on_cpu.py compare /tmp/old.json /tmp/new.json --old-label A --new-label B
+    python analysis/same_results_on_cpu.py compare /tmp/old.json /tmp/new.json --old-label A --new-label B [--out F.md]
 
-`run` uses the code of the current directory (it goes first on `sys.path`), the smoke profile of its params.yaml and
-a smoke dataset generated once in /tmp/smoke_data; backbones are randomly initialised. `compare` writes
-analysis/same_results_on_cpu.md. Timings (`cost_infer_ms`) are left out: they are never the same twice.
+`run` uses the code of the current directory (it goes first on `sys.path`) and its params.yaml. With `--profile smoke`
+(the default) it trains on a smoke dataset generated once in /tmp/smoke_data from random backbones; with
+`--profile mini` it runs the profile as the pipeline does: the generated `mini` data (`dvc repro data`) and the
+pretrained backbone of `runs/pretrain/model.pt`, the full schedule. `compare` writes analysis/same_results_on_cpu.md
+(or `--out`). Evaluation timings (`cost_infer_ms`) are left out of the comparison: they are never the same twice; the
+training time of each run is shown beside it, as information.
 """
 import argparse
 import hashlib
@@ -28,7 +31,7 @@ def weights_digest(state: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def run(names: list[str]) -> dict:
+def run(names: list[str], profile_name: str = "smoke") -> dict:
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import unified_vision
@@ -38,23 +41,38 @@ def run(names: list[str]) -> dict:
     from unified_vision.engine.experiment import run_evaluation, run_training
     print("code:", unified_vision.__file__, file=sys.stderr)
     params = load_yaml(Path(os.getcwd()) / "params.yaml")
-    data = Path("/tmp/smoke_data")
-    if not (data / "coco").exists():
-        _, profile = profile_config(params, "smoke")
-        generate_dataset(data, profile["data"]["synthetic"], seed=profile["data"]["seed"], progress=False)
+    if profile_name == "smoke":
+        data = Path("/tmp/smoke_data")
+        if not (data / "coco").exists():
+            _, profile = profile_config(params, "smoke")
+            generate_dataset(data, profile["data"]["synthetic"], seed=profile["data"]["seed"], progress=False)
     out = {}
     for name in names:
-        cfg = resolve_experiment(params, name, "smoke")
-        cfg["data"]["root"] = str(data)
-        cfg["model"]["backbone"]["pretrained"] = False
+        cfg = resolve_experiment(params, name, profile_name)
+        if profile_name == "smoke":
+            cfg["data"]["root"] = str(data)
+            cfg["model"]["backbone"]["pretrained"] = False
+        else:
+            needed = [Path(cfg["data"]["root"])] + [Path(p) for p in [cfg["model"]["backbone"].get("pretrained")]
+                                                     if isinstance(p, str)]
+            missing = [str(p) for p in needed if not p.exists()]
+            if missing:
+                sys.exit(f"same_results_on_cpu: {', '.join(missing)} missing; `dvc repro data pretrain` makes them")
         run_dir = Path(tempfile.mkdtemp())
         trainer = run_training(cfg, run_dir, progress=False)
         metrics = run_evaluation(cfg, run_dir / "model.pt", progress=False)
         metrics.pop("cost_infer_ms", None)
         out[name] = {"weights": weights_digest(trainer.model.state_dict()), "losses": [r["loss"] for r in trainer.history],
-                     "metrics": metrics}
+                     "metrics": metrics, "profile": profile_name, "train_seconds": round(trainer.seconds, 1)}
         print(name, out[name]["weights"], file=sys.stderr)
     return out
+
+
+def _train_time(a: dict | None, b: dict | None) -> str:
+    "Training seconds of both runs and their ratio (records from before the field existed show -)."
+    if not (a and b and a.get("train_seconds") and b.get("train_seconds")):
+        return "- | - | -"
+    return f"{a['train_seconds']:.1f} | {b['train_seconds']:.1f} | {b['train_seconds'] / a['train_seconds']:.2f}x"
 
 
 def compare(old: dict, new: dict, old_label: str, new_label: str) -> str:
@@ -63,16 +81,19 @@ def compare(old: dict, new: dict, old_label: str, new_label: str) -> str:
         a, b = old.get(name), new.get(name)
         same = {part: a is not None and b is not None and a[part] == b[part] for part in ("weights", "losses", "metrics")}
         rows.append(f"| {name} | {a['weights'] if a else '-'} | {b['weights'] if b else '-'} | "
-                    + " | ".join("same" if same[p] else "**different**" for p in same) + " |")
+                    + " | ".join("same" if same[p] else "**different**" for p in same) + f" | {_train_time(a, b)} |")
     verdict = "identical" if all("different" not in r for r in rows) else "NOT identical"
+    profiles = sorted({r.get("profile", "smoke") for r in [*old.values(), *new.values()]})
     return f"""# Same results on the CPU before and after a code change
 
-Written by `python analysis/same_results_on_cpu.py compare`: each `smoke` experiment trained and evaluated with
+Written by `python analysis/same_results_on_cpu.py compare`: each `{'`/`'.join(profiles)}` experiment trained and evaluated with
 {old_label} and with {new_label}, on the same machine; weights as a SHA-256 prefix of every tensor of the trained model,
-losses the logged training losses, metrics every evaluation number but the timing. Verdict: **{verdict}**.
+losses the logged training losses, metrics every evaluation number but the timing. Verdict: **{verdict}**. Training
+seconds (the whole `run_training`, one run each, so subject to the machine's other load) are information, not part of
+the verdict.
 
-| experiment | weights, {old_label} | weights, {new_label} | weights | losses | metrics |
-|---|---|---|---|---|---|
+| experiment | weights, {old_label} | weights, {new_label} | weights | losses | metrics | train s, before | train s, after | after / before |
+|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n"
 
 
@@ -80,15 +101,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run"); r.add_argument("experiments", nargs="+")
+    r.add_argument("--profile", choices=["smoke", "mini"], default="smoke")
     c = sub.add_parser("compare"); c.add_argument("old"); c.add_argument("new")
     c.add_argument("--old-label", default="the old code"); c.add_argument("--new-label", default="the new code")
+    c.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     args = p.parse_args()
     if args.cmd == "run":
-        print(json.dumps(run(args.experiments), sort_keys=True))
+        print(json.dumps(run(args.experiments, args.profile), sort_keys=True))
     else:
         text = compare(json.loads(Path(args.old).read_text()), json.loads(Path(args.new).read_text()),
                        args.old_label, args.new_label)
-        out = Path(__file__).with_suffix(".md")
+        out = args.out
         out.write_text(text)
         print(text)
 

@@ -1,4 +1,4 @@
-"The analysis scripts' helpers: matching and PCK on hand-made persons (keypoints_pck.py); weight hashes and verdicts (determinism_probe.py)."
+"The analysis scripts' helpers: matching and PCK on hand-made persons (keypoints_pck.py); weight hashes and verdicts (determinism_probe.py); same-results tables (same_results_on_cpu.py)."
 import importlib.util
 from pathlib import Path
 
@@ -130,3 +130,17 @@ def test_without_iou_drops_the_output_and_restores_the_head():
     with gapmod._without_iou(model):
         assert set(model.stages[0].head(torch.zeros(1))) == {"cls_logits"}
     assert set(model.stages[0].head(torch.zeros(1))) == {"cls_logits", "iou"}
+
+
+def test_same_results_verdict_and_training_time_columns():
+    spec = importlib.util.spec_from_file_location("same_results", Path(__file__).parents[1] / "analysis" / "same_results_on_cpu.py")
+    same = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same)
+    run = {"weights": "abc", "losses": [1.0, 0.5], "metrics": {"AP": 0.1}, "profile": "mini", "train_seconds": 200.0}
+    faster = dict(run, train_seconds=150.0)
+    text = same.compare({"x": run}, {"x": faster}, "torchvision's kernel", "ours")
+    assert "Verdict: **identical**" in text and "`mini` experiment" in text
+    assert "| x | abc | abc | same | same | same | 200.0 | 150.0 | 0.75x |" in text
+    old_record = {k: v for k, v in run.items() if k not in ("profile", "train_seconds")}   # written before the fields
+    text = same.compare({"x": old_record}, {"x": dict(run, losses=[1.0, 0.6])}, "a", "b")
+    assert "Verdict: **NOT identical**" in text and "| same | **different** | same | - | - | - |" in text

@@ -477,7 +477,7 @@ class MSDeformAttn(nn.Module):
         loc = reference_points[:, :, None, :, None, :] + offsets / size[None, None, None, :, None, :]
         return self.output_proj(ms_deform_attn(v, spatial_shapes, level_start_index, loc, weights))
 
-# %% ../nbs/60_ops.ipynb #11853767
+# %% ../nbs/60_ops.ipynb #f707cab9
 _ROI_ALIGN_BACKWARD_CHOICES = ("ours", "torchvision")
 _roi_align_registration = None  # the torch.library.Library that serves torchvision's CPU kernel, when installed
 
