@@ -46,6 +46,27 @@ def smoke_cfg(params, smoke_data):
     return make
 
 
+@pytest.fixture()
+def roi_align_backward_calls(monkeypatch) -> list:
+    """Counts the calls of the parallel RoIAlign backward kernel: `ops._C` is replaced, for the test, by a stand-in that
+    appends to the returned list on each `roi_align_backward` call and passes everything else through. Skips the test
+    where the extension is not built."""
+    from unified_vision import ops
+    if not ops.extension_available():
+        pytest.skip("unified_vision._C is not built")
+    calls, ext = [], ops._C
+
+    class Counting:
+        def roi_align_backward(self, *args):
+            calls.append(1)
+            return ext.roi_align_backward(*args)
+
+        def __getattr__(self, name):
+            return getattr(ext, name)
+    monkeypatch.setattr(ops, "_C", Counting())
+    return calls
+
+
 def pytest_sessionfinish(session, exitstatus):
     "Stop the warm kernel servers the pipeline tests started (they would exit by themselves once idle)."
     from unified_vision.engine.warm_kernel import stop_servers

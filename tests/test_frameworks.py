@@ -82,21 +82,9 @@ def test_threshold_on_class_only_adds_lower_scored_detections(smoke_cfg):
 
 
 @pytest.mark.parametrize("name", ["uni_mask_rcnn", "baseline_cascade_rcnn"])
-def test_roi_align_backward_kernel_leaves_training_unchanged(smoke_cfg, monkeypatch, name):
+def test_roi_align_backward_kernel_leaves_training_unchanged(smoke_cfg, roi_align_backward_calls, name):
     "Three training steps with torchvision's RoIAlign CPU backward and with ours end in the same weights, bit for bit."
     from unified_vision import ops
-    if not ops.extension_available():
-        pytest.skip("unified_vision._C is not built")
-    calls, ext = [], ops._C
-
-    class Counting:                                        # ops._C, counting the RoIAlign backward calls
-        def roi_align_backward(self, *args):
-            calls.append(1)
-            return ext.roi_align_backward(*args)
-
-        def __getattr__(self, name):
-            return getattr(ext, name)
-    monkeypatch.setattr(ops, "_C", Counting())
     cfg = smoke_cfg(name)
     ds = build_dataset(cfg, "train")
     torch.manual_seed(0)
@@ -116,5 +104,5 @@ def test_roi_align_backward_kernel_leaves_training_unchanged(smoke_cfg, monkeypa
     finally:
         ops.use_parallel_roi_align_backward(was)
     moved = [k for k, v in start.state_dict().items() if v.is_floating_point() and not torch.equal(v, weights[0][k])]
-    assert len(moved) > 10 and len(calls) >= 3             # the steps trained the model, through our kernel
+    assert len(moved) > 10 and len(roi_align_backward_calls) >= 3   # the steps trained the model, through our kernel
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
