@@ -2,7 +2,8 @@
 #   make        build the environment (.venv, pinned dependencies, package editable with kernels/ compiled)
 #               and run the main job: `dvc repro` on the default profile (mini)
 #   make test   build the environment if needed and run the test suite
-# Other targets: env, repro, docs (offline site in _docs/), kernels (rebuild the C++/CUDA extension), bench.
+# Other targets: env, repro, docs (offline site in _docs/), kernels (rebuild the C++/CUDA extension),
+#   sanitize (the kernels' tests against an ASan/UBSan build), bench.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: all env repro test docs kernels bench chromium
+.PHONY: all env repro test docs kernels sanitize bench chromium
 all: repro
 
 env: $(VENV)/.installed
@@ -38,6 +39,9 @@ docs: env
 
 kernels: env
 	MAX_JOBS=2 $(BIN)/python setup.py build_ext --inplace
+
+sanitize: env
+	bash kernels/sanitize.sh
 
 bench: env
 	$(BIN)/python benchmarks/make_benchmarks.py

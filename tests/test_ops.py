@@ -5,6 +5,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -500,6 +501,50 @@ def test_torch_compile_traces_custom_ops():
     g1, = torch.autograd.grad(compiled(f, p), f)
     g2, = torch.autograd.grad(fn(f, p), f)
     close(g1, g2)
+
+
+# Runs in a process of its own: it defines the package's custom ops a second time, which then stays so for the
+# rest of the process. Three tensors per op, made from one seed; every output and gradient is compared bit for bit.
+SECOND_DEFINITION = r'''
+import types, torch
+from unified_vision import ops
+
+def run():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 8, 12, 12, generator=g, requires_grad=True)
+    p = (torch.rand(2, 5, 4, 2, generator=g) * 12).requires_grad_()
+    rois = torch.tensor([[0, 1., 1., 9., 9.], [1, 2., 3., 11., 10.]])
+    off = (torch.randn(2, 2, 3, 3, generator=g) * 0.1).requires_grad_()
+    v = torch.randn(2, 20, 2, 4, generator=g, requires_grad=True)
+    shapes, starts = torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16])
+    loc = torch.rand(2, 3, 2, 2, 2, 2, generator=g).requires_grad_()
+    attn = torch.rand(2, 3, 2, 2, 2, generator=g).requires_grad_()
+    outs = [ops.point_sample(f, p), ops.deform_roi_pool(f, rois, off, 3, 1.0, 2, 0.1),
+            ops.ms_deform_attn(v, shapes, starts, loc, attn)]
+    grads = torch.autograd.grad(sum(o.square().sum() for o in outs), [f, p, off, v, loc, attn])
+    return outs + list(grads)
+
+before = run()
+copy = types.ModuleType("notebook_copy")          # what running nbs/60_ops.ipynb in this process does
+exec(compile(open(ops.__file__).read(), ops.__file__, "exec"), copy.__dict__)
+for name in ("point_sample", "deform_roi_pool", "ms_deform_attn"):
+    for op in (name, name + "_backward"):
+        assert ops._live(op) is getattr(copy, f"_{op}_op")._opoverload, op    # the package calls the live definition
+after = run()
+assert all(torch.equal(a, b) for a, b in zip(before, after))
+print("same results after a second definition")
+'''
+
+
+@needs_ext
+def test_ops_survive_a_second_definition_in_the_process():
+    """Defining the custom ops again in a process that imported the package (running nbs/60_ops.ipynb there) makes
+    torch delete the first definitions; the package's wrappers and backward functions must reach the new ones by
+    name (`ops._live`), not call the deleted ones (which read freed memory: a std::bad_alloc in CI once)."""
+    r = subprocess.run([sys.executable, "-c", SECOND_DEFINITION], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "same results after a second definition" in r.stdout
 
 
 def test_input_validation():

@@ -42,6 +42,15 @@ def _fallback_warning(reason: str):
                       "Build the kernels with `python setup.py build_ext --inplace`.", stacklevel=4)
 
 
+def _live(name: str):
+    """The op `unified_vision::<name>` as the dispatcher holds it now. The wrappers below call their ops
+    through this, not through the objects their definitions returned: defining an op a second time in one
+    process (running this notebook where the package is imported) makes torch delete the first definition,
+    and a call through its object then reads freed memory (`std::bad_alloc`; AddressSanitizer reports an
+    allocation-size-too-big in libtorch_python)."""
+    return getattr(torch.ops.unified_vision, name).default
+
+
 def _use_kernel(*tensors: Tensor) -> bool:
     "Whether the compiled kernel can serve these tensors; warns (once) when it should but cannot."
     dev = tensors[0].device.type
@@ -169,7 +178,7 @@ def _point_sample_setup(ctx, inputs, output):
 
 def _point_sample_backward(ctx, grad):
     features, points = ctx.saved_tensors
-    gf, gp = _point_sample_backward_op(grad.contiguous(), features, points)
+    gf, gp = _live("point_sample_backward")(grad.contiguous(), features, points)
     return (gf if ctx.needs_input_grad[0] else None), (gp if ctx.needs_input_grad[1] else None)
 
 
@@ -185,7 +194,7 @@ def point_sample(features: Tensor, points: Tensor) -> Tensor:
                          f"got {tuple(features.shape)} and {tuple(points.shape)}")
     points = points.to(features.dtype)
     if _use_kernel(features, points):
-        return _point_sample_op(_point_sample_layout(features, points), points)
+        return _live("point_sample")(_point_sample_layout(features, points), points)
     return point_sample_reference(features, points)
 
 
@@ -318,7 +327,7 @@ def _deform_roi_pool_setup(ctx, inputs, output):
 
 def _deform_roi_pool_backward(ctx, grad):
     input, rois, offsets = ctx.saved_tensors
-    gi, go = _deform_roi_pool_backward_op(grad.contiguous(), input, rois, offsets, *ctx.args)
+    gi, go = _live("deform_roi_pool_backward")(grad.contiguous(), input, rois, offsets, *ctx.args)
     return ((gi if ctx.needs_input_grad[0] else None), None,
             (go if ctx.needs_input_grad[2] else None), None, None, None, None, None)
 
@@ -345,8 +354,8 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offsets: Tensor | None, output_
         raise ValueError(f"deform_roi_pool: offsets must be {(R, 2, PH, PW)}, got {tuple(offsets.shape)}")
     rois = rois.to(input.dtype)
     if _use_kernel(input, rois, offsets):
-        return _deform_roi_pool_op(input, rois, offsets, PH, PW, float(spatial_scale),
-                                   int(sampling_ratio), float(gamma))
+        return _live("deform_roi_pool")(input, rois, offsets, PH, PW, float(spatial_scale),
+                                         int(sampling_ratio), float(gamma))
     return deform_roi_pool_reference(input, rois, offsets, (PH, PW), spatial_scale, sampling_ratio, gamma)
 
 # %% ../nbs/60_ops.ipynb #db48d074
@@ -403,7 +412,7 @@ def _ms_deform_attn_setup(ctx, inputs, output):
 
 def _ms_deform_attn_backward(ctx, grad):
     value, shapes, starts, loc, attn = ctx.saved_tensors
-    gv, gl, ga = _ms_deform_attn_backward_op(grad.contiguous(), value, shapes, starts, loc, attn)
+    gv, gl, ga = _live("ms_deform_attn_backward")(grad.contiguous(), value, shapes, starts, loc, attn)
     need = ctx.needs_input_grad
     return (gv if need[0] else None), None, None, (gl if need[3] else None), (ga if need[4] else None)
 
@@ -427,8 +436,8 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
     sampling_locations = sampling_locations.to(value.dtype)
     attention_weights = attention_weights.to(value.dtype)
     if _use_kernel(value, sampling_locations, attention_weights):
-        return _ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations,
-                                  attention_weights)
+        return _live("ms_deform_attn")(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights)
     return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                     attention_weights)
 
