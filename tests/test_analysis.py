@@ -1,5 +1,7 @@
-"The analysis scripts' helpers: matching and PCK on hand-made persons (keypoints_pck.py); weight hashes and verdicts (determinism_probe.py); same-results tables (same_results_on_cpu.py)."
+"The analysis scripts' helpers: matching and PCK on hand-made persons (keypoints_pck.py); weight hashes and verdicts (determinism_probe.py); same-results tables (same_results_on_cpu.py); the other-machine head comparison (unihead_1x_other_machine.py)."
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,30 @@ def test_same_results_verdict_and_training_time_columns():
     old_record = {k: v for k, v in run.items() if k not in ("profile", "train_seconds")}   # written before the fields
     text = same.compare({"x": old_record}, {"x": dict(run, losses=[1.0, 0.6])}, "a", "b")
     assert "Verdict: **NOT identical**" in text and "| same | **different** | same | - | - | - |" in text
+
+
+def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
+    spec = importlib.util.spec_from_file_location("other_machine", Path(__file__).parents[1] / "analysis" / "unihead_1x_other_machine.py")
+    om = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(om)
+    ap = {"2-fc head": [0.10, 0.12, 0.14], "UniHead, class token (paper)": [0.05, 0.06, 0.07],
+          "UniHead, class FC on all tokens (released code)": [0.10, 0.11, 0.12]}
+    runs = {n: {"metrics": {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}, "profile": "mini", "train_seconds": 100.0,
+                "weights": "w", "losses": [1.0]} for row, vals in ap.items() for n, v in zip(om.ROWS[row], vals)}
+    runs["uni_cascade_rcnn"] = dict(runs["uni_faster_rcnn"])                   # not a row: left out
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    pretrain = tmp_path / "model.pt"
+    pretrain.write_bytes(b"checkpoint")
+    record = om.collect([tmp_path / "runs.json"], pretrain)
+    assert set(record["runs"]) == {n for names in om.ROWS.values() for n in names}
+    assert record["runs"]["uni_faster_rcnn"]["AP"] == 0.05 and record["pretrain_md5"] == hashlib.md5(b"checkpoint").hexdigest()
+    committed = {n: dict(r) for n, r in record["runs"].items()}
+    committed["uni_faster_rcnn_seed2"] = dict(committed["uni_faster_rcnn_seed2"], AP=0.09)
+    text = om.render(record, committed)
+    assert "| 2-fc head | 12.0 ± 2.0 | 24.0 ± 4.0 | 6.0 ± 1.0 | 12.0 ± 2.0 |" in text
+    assert "| UniHead, class token (paper) | 6.7 ± 2.1 |" in text and "6.0 ± 1.0 | 12.0 ± 2.0 | 3.0 ± 0.5 | 100 |" in text
+    assert "| UniHead, class token (paper) − 2-fc head | -5.3 |" in text and "| -6.0 | [" in text
+    runs["baseline_faster_rcnn"]["profile"] = "smoke"
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    with pytest.raises(ValueError, match="--profile mini"):
+        om.collect([tmp_path / "runs.json"], pretrain)

@@ -1,0 +1,155 @@
+"""The 1x comparison of `results/unihead_noise.md` -- the 2-fc head, UniHead with the paper's class token and UniHead
+with the released code's class FC over all tokens, seeds 0-2 each, in Faster R-CNN -- trained again on another
+machine, from that machine's own backbone pretraining. The committed runs all start from one `pretrain` checkpoint
+(AMD EPYC); another CPU model pretrains a different one (see analysis/determinism_probe.md), so runs there are new
+samples of the whole chain, pretraining included. Do the gaps between the heads hold?
+
+    # on the other machine, with its own `dvc repro pretrain` (runs/pretrain/model.pt):
+    python analysis/same_results_on_cpu.py run --profile mini EXPERIMENT ... > runs.json
+    python analysis/unihead_1x_other_machine.py collect runs.json [more.json ...] --out analysis/unihead_1x_other_machine_runs.json
+    # anywhere:
+    python analysis/unihead_1x_other_machine.py render analysis/unihead_1x_other_machine_runs.json
+
+`collect` keeps each run's metrics, loss-free, with this machine's CPU and the md5 of runs/pretrain/model.pt.
+`render` sets them beside the committed runs' metrics (metrics/<experiment>.json) and writes
+analysis/unihead_1x_other_machine.md: box AP, AP50, AP75 as mean +- sample standard deviation over the seeds, and
+Welch's test on AP for each pair of heads, on each machine (unified_vision.engine.tables.welch_gap, as the tables
+stage does).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROWS = {
+    "2-fc head": ["baseline_faster_rcnn", "baseline_faster_rcnn_seed1", "baseline_faster_rcnn_seed2"],
+    "UniHead, class token (paper)": ["uni_faster_rcnn", "uni_faster_rcnn_seed1", "uni_faster_rcnn_seed2"],
+    "UniHead, class FC on all tokens (released code)": ["uni_faster_rcnn_clsall", "uni_faster_rcnn_clsall_seed1",
+                                                        "uni_faster_rcnn_clsall_seed2"],
+}
+PAIRS = [("2-fc head", "UniHead, class token (paper)"),
+         ("2-fc head", "UniHead, class FC on all tokens (released code)"),
+         ("UniHead, class token (paper)", "UniHead, class FC on all tokens (released code)")]
+COLUMNS = {"AP": "bbox_AP", "AP50": "bbox_AP50", "AP75": "bbox_AP75"}
+
+
+def collect(paths: list[Path], pretrain: Path) -> dict:
+    "The runs of `same_results_on_cpu.py run` outputs (later files win), with this machine and its pretraining."
+    sys.path.insert(0, str(HERE))
+    from determinism_probe import cpu_description
+    runs = {}
+    for p in paths:
+        for name, rec in json.loads(Path(p).read_text()).items():
+            if not any(name in names for names in ROWS.values()):
+                continue
+            if rec.get("profile") != "mini":
+                raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
+            runs[name] = {**{k: rec["metrics"].get(v) for k, v in COLUMNS.items()},
+                          "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
+            "pretrain_md5": hashlib.md5(pretrain.read_bytes()).hexdigest(), "runs": runs}
+
+
+def committed_metrics(metrics_dir: Path) -> dict:
+    "AP, AP50 and AP75 of every committed run of ROWS, from the pipeline's metrics files."
+    out = {}
+    for names in ROWS.values():
+        for name in names:
+            path = metrics_dir / f"{name}.json"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no committed metrics for {name}; run the pipeline's evaluate stage first")
+            m = json.loads(path.read_text())
+            out[name] = {k: m.get(v) for k, v in COLUMNS.items()}
+    return out
+
+
+def values(runs: dict, row: str, col: str) -> list[float]:
+    "The row's runs' values of `col` (x 100), skipping runs this machine has not got."
+    return [100 * runs[n][col] for n in ROWS[row] if n in runs and runs[n].get(col) is not None]
+
+
+def mean_std(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.1f} (1 run)"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" + ("" if len(vals) == 3 else f" ({len(vals)} runs)")
+
+
+def gap_cells(runs: dict, first: str, second: str) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from unified_vision.engine.tables import welch_gap
+    a, b = values(runs, first, "AP"), values(runs, second, "AP")
+    if len(a) < 2 or len(b) < 2:
+        return ["–", "–", "–"]
+    g = welch_gap(a, b)
+    p = "< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}"
+    return [f"{g['diff']:+.1f}", f"[{g['ci'][0]:.1f}, {g['ci'][1]:.1f}]", p]
+
+
+def render(record: dict, committed: dict) -> str:
+    cpu = record["cpu"]
+    other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
+    runs = record["runs"]
+    lines = [
+        "## The 1x head comparison on another machine, from another pretraining (`mini`, Faster R-CNN, box AP)",
+        "",
+        f"Generated by `python analysis/unihead_1x_other_machine.py render` from `analysis/unihead_1x_other_machine_runs.json` "
+        f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "
+        f"checkpoint of md5 b365…; `results/unihead_noise.md`). *Other machine*: the same experiments, same code path and "
+        f"schedule, trained by `analysis/same_results_on_cpu.py run --profile mini` on {other}, from that machine's own "
+        f"pretraining (md5 {record['pretrain_md5'][:4]}…, a different checkpoint: analysis/determinism_probe.md). "
+        "Mean ± sample standard deviation over seeds 0-2.",
+        "",
+        "| head | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 | other machine: training s per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        secs = [runs[n]["train_seconds"] for n in ROWS[row] if n in runs and runs[n].get("train_seconds")]
+        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) for c in COLUMNS) + " | "
+                     + " | ".join(mean_std(values(runs, row, c)) for c in COLUMNS) + " | "
+                     + (f"{statistics.mean(secs):.0f}" if secs else "–") + " |")
+    lines += ["", "Welch's test on AP, second minus first, on each machine (95% interval of the difference of the means, "
+              "two-sided p; p > 0.05 means these seeds cannot tell the heads apart, not that they are equal):", "",
+              "| second − first | committed: difference | 95% CI | p | other machine: difference | 95% CI | p |",
+              "|---|---|---|---|---|---|---|"]
+    for first, second in PAIRS:
+        lines.append(f"| {second} − {first} | " + " | ".join(gap_cells(committed, first, second)) + " | "
+                     + " | ".join(gap_cells(runs, first, second)) + " |")
+    lines += ["", "Training seconds are information only: they depend on what else the machine ran meanwhile.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect"); c.add_argument("runs", nargs="+", type=Path)
+    c.add_argument("--pretrain", type=Path, default=ROOT / "runs/pretrain/model.pt")
+    c.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine_runs.json")
+    r = sub.add_parser("render"); r.add_argument("record", type=Path, nargs="?", default=HERE / "unihead_1x_other_machine_runs.json")
+    r.add_argument("--metrics", type=Path, default=ROOT / "metrics")
+    r.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine.md")
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from unified_vision.core import atomic_path
+    if args.cmd == "collect":
+        record = collect(args.runs, args.pretrain)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"{len(record['runs'])} runs -> {args.out}")
+    else:
+        text = render(json.loads(args.record.read_text()), committed_metrics(args.metrics))
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
