@@ -10,6 +10,9 @@ samples of the whole chain, pretraining included. Do the gaps between the heads 
     # anywhere:
     python analysis/unihead_1x_other_machine.py render analysis/unihead_1x_other_machine_runs.json
 
+Runs of the one-seed rows in SINGLE (Table 3's zero initialisation, the 2x pair), if collected, are shown under
+the seeds table beside their committed runs.
+
 `collect` keeps each run's metrics, loss-free, with this machine's CPU and the md5 of runs/pretrain/model.pt.
 `render` sets them beside the committed runs' metrics (metrics/<experiment>.json) and writes
 analysis/unihead_1x_other_machine.md: box AP, AP50, AP75 as mean +- sample standard deviation over the seeds, and
@@ -38,6 +41,13 @@ PAIRS = [("2-fc head", "UniHead, class token (paper)"),
          ("2-fc head", "UniHead, class FC on all tokens (released code)"),
          ("UniHead, class token (paper)", "UniHead, class FC on all tokens (released code)")]
 COLUMNS = {"AP": "bbox_AP", "AP50": "bbox_AP50", "AP75": "bbox_AP75"}
+# One seed each: rows of Table 3 and of the noise table whose committed runs are marked † in results/ (older code,
+# older score threshold), trained here with the current code. Each is set against the row it is compared with there.
+SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
+          "2-fc head, 2x schedule": "baseline_faster_rcnn_2x",
+          "UniHead, class token, 2x schedule": "uni_faster_rcnn_2x"}
+SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
+                ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule")]
 
 
 def collect(paths: list[Path], pretrain: Path) -> dict:
@@ -47,7 +57,7 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
     runs = {}
     for p in paths:
         for name, rec in json.loads(Path(p).read_text()).items():
-            if not any(name in names for names in ROWS.values()):
+            if not any(name in names for names in ROWS.values()) and name not in SINGLE.values():
                 continue
             if rec.get("profile") != "mini":
                 raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
@@ -60,7 +70,7 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
 def committed_metrics(metrics_dir: Path) -> dict:
     "AP, AP50 and AP75 of every committed run of ROWS, from the pipeline's metrics files."
     out = {}
-    for names in ROWS.values():
+    for names in list(ROWS.values()) + [[n] for n in SINGLE.values()]:
         for name in names:
             path = metrics_dir / f"{name}.json"
             if not path.exists():
@@ -72,7 +82,35 @@ def committed_metrics(metrics_dir: Path) -> dict:
 
 def values(runs: dict, row: str, col: str) -> list[float]:
     "The row's runs' values of `col` (x 100), skipping runs this machine has not got."
-    return [100 * runs[n][col] for n in ROWS[row] if n in runs and runs[n].get(col) is not None]
+    names = ROWS[row] if row in ROWS else [SINGLE[row]]
+    return [100 * runs[n][col] for n in names if n in runs and runs[n].get(col) is not None]
+
+
+def mean_of(runs: dict, row: str) -> float | None:
+    vals = values(runs, row, "AP")
+    return statistics.mean(vals) if vals else None
+
+
+def single_lines(runs: dict, committed: dict) -> list[str]:
+    "The one-seed rows trained here, beside the committed (†) runs, and the differences they are read for, where this machine has both sides."
+    if not any(n in runs for n in SINGLE.values()):
+        return []
+    lines = ["", "One seed each, current code (the committed runs of these rows are marked † in `results/`: trained with "
+             "older code and evaluated with the older score threshold):", "",
+             "| row | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 |", "|---|---|---|---|---|---|---|"]
+    for row in (r for r in SINGLE if SINGLE[r] in runs):
+        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) for c in COLUMNS) + " | "
+                     + " | ".join(mean_std(values(runs, row, c)) for c in COLUMNS) + " |")
+    lines += ["", "| second − first (AP; a several-seed row by its mean) | committed | other machine |", "|---|---|---|"]
+    for first, second in SINGLE_DIFFS:
+        if mean_of(runs, first) is None or mean_of(runs, second) is None:
+            continue
+        cells = []
+        for src in (committed, runs):
+            a, b = mean_of(src, first), mean_of(src, second)
+            cells.append("–" if a is None or b is None else f"{b - a:+.1f}")
+        lines.append(f"| {second} − {first} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def mean_std(vals: list[float]) -> str:
@@ -123,6 +161,7 @@ def render(record: dict, committed: dict) -> str:
     for first, second in PAIRS:
         lines.append(f"| {second} − {first} | " + " | ".join(gap_cells(committed, first, second)) + " | "
                      + " | ".join(gap_cells(runs, first, second)) + " |")
+    lines += single_lines(runs, committed)
     lines += ["", "Training seconds are information only: they depend on what else the machine ran meanwhile.", ""]
     return "\n".join(lines)
 

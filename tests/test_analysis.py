@@ -156,12 +156,14 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
           "UniHead, class FC on all tokens (released code)": [0.10, 0.11, 0.12]}
     runs = {n: {"metrics": {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}, "profile": "mini", "train_seconds": 100.0,
                 "weights": "w", "losses": [1.0]} for row, vals in ap.items() for n, v in zip(om.ROWS[row], vals)}
+    for name, v in {"uni_faster_rcnn_zero_init": 0.04, "baseline_faster_rcnn_2x": 0.20, "uni_faster_rcnn_2x": 0.15}.items():
+        runs[name] = {"metrics": {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}, "profile": "mini"}
     runs["uni_cascade_rcnn"] = dict(runs["uni_faster_rcnn"])                   # not a row: left out
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     pretrain = tmp_path / "model.pt"
     pretrain.write_bytes(b"checkpoint")
     record = om.collect([tmp_path / "runs.json"], pretrain)
-    assert set(record["runs"]) == {n for names in om.ROWS.values() for n in names}
+    assert set(record["runs"]) == {n for names in om.ROWS.values() for n in names} | set(om.SINGLE.values())
     assert record["runs"]["uni_faster_rcnn"]["AP"] == 0.05 and record["pretrain_md5"] == hashlib.md5(b"checkpoint").hexdigest()
     committed = {n: dict(r) for n, r in record["runs"].items()}
     committed["uni_faster_rcnn_seed2"] = dict(committed["uni_faster_rcnn_seed2"], AP=0.09)
@@ -169,6 +171,14 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     assert "| 2-fc head | 12.0 ± 2.0 | 24.0 ± 4.0 | 6.0 ± 1.0 | 12.0 ± 2.0 |" in text
     assert "| UniHead, class token (paper) | 6.7 ± 2.1 |" in text and "6.0 ± 1.0 | 12.0 ± 2.0 | 3.0 ± 0.5 | 100 |" in text
     assert "| UniHead, class token (paper) − 2-fc head | -5.3 |" in text and "| -6.0 | [" in text
+    committed["uni_faster_rcnn_zero_init"] = dict(committed["uni_faster_rcnn_zero_init"], AP=0.03)
+    text = om.render(record, committed)
+    assert "| UniHead, zero initialisation (Table 3) | 3.0 (1 run) | 8.0 (1 run) | 2.0 (1 run) | 4.0 (1 run) |" in text
+    assert "| UniHead, zero initialisation (Table 3) − UniHead, class token (paper) | -3.7 | -2.0 |" in text
+    assert "| UniHead, class token, 2x schedule − 2-fc head, 2x schedule | -5.0 | -5.0 |" in text
+    del record["runs"]["uni_faster_rcnn_2x"]                                     # a row not trained here is left out
+    text = om.render(record, committed)
+    assert "UniHead, class token, 2x schedule |" not in text and "2-fc head, 2x schedule | " in text
     runs["baseline_faster_rcnn"]["profile"] = "smoke"
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     with pytest.raises(ValueError, match="--profile mini"):
