@@ -14,10 +14,9 @@ NOTEBOOKS = sorted(p for p in (ROOT / "nbs").glob("*.ipynb"))
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(nb):
     """Each notebook's cells (examples and their assertions) run without error, as `nbdev_test` runs them: in a process
-    of its own. Run inside the test process, nbs/60_ops.ipynb defines the package's `torch.library` custom ops a second
-    time; torch then destroys the package's registration of each and the package's ops run the notebook's definitions,
-    which belong to a discarded notebook session. One CI run then failed every later deform_roi_pool and ms_deform_attn
-    call, in tests/test_ops.py and tests/test_unihead.py, with std::bad_alloc; others passed."""
+    of its own, so that no notebook changes what the later tests run: nbs/60_ops.ipynb, for one, defines the package's
+    `torch.library` custom ops a second time (the package reaches the new definitions by name, `ops._live`;
+    tests/test_ops.py::test_ops_survive_a_second_definition_in_the_process)."""
     code = ("import sys; from pathlib import Path; from nbdev.test import test_nb; "
             f"ok, _ = test_nb(Path({str(nb)!r}), basepath={str(ROOT)!r}, do_print=False, showerr=True); "
             "sys.exit(0 if ok else 1)")
