@@ -9,7 +9,10 @@ code (or two settings of it) and compare the trained weights, the loss histories
 `run` uses the code of the current directory (it goes first on `sys.path`) and its params.yaml. With `--profile smoke`
 (the default) it trains on a smoke dataset generated once in /tmp/smoke_data from random backbones; with
 `--profile mini` it runs the profile as the pipeline does: the generated `mini` data (`dvc repro data`) and the
-pretrained backbone of `runs/pretrain/model.pt`, the full schedule. `compare` writes analysis/same_results_on_cpu.md
+pretrained backbone of `runs/pretrain/model.pt`, the full schedule. `run --keep DIR` keeps each run in DIR/<experiment>/
+and reads a backbone `runs/<x>/model.pt` from DIR/<x>/model.pt where it trained one, so a chain such as `cls_resnext
+t8_resnext` trains its own classification backbone first without touching the pipeline's `runs/`; `run --seed N`
+runs the experiments with seed N (named `<experiment>_seedN`). `compare` writes analysis/same_results_on_cpu.md
 (or `--out`). Evaluation timings (`cost_infer_ms`) are left out of the comparison: they are never the same twice; the
 training time of each run is shown beside it, as information.
 """
@@ -31,7 +34,19 @@ def weights_digest(state: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def run(names: list[str], profile_name: str = "smoke") -> dict:
+def _kept_checkpoint(path, keep: Path | None):
+    "A backbone checkpoint `runs/<experiment>/model.pt` read from `keep/<experiment>/model.pt` where `run --keep` trained one."
+    if keep is None or not isinstance(path, str) or not path.startswith("runs/"):
+        return path
+    kept = keep / Path(path).relative_to("runs")
+    return str(kept) if kept.exists() else path
+
+
+def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None, seed: int | None = None) -> dict:
+    """Train and evaluate each experiment in turn. With `keep`, each run is kept in `keep/<experiment>/` and a later
+    experiment's backbone checkpoint `runs/<x>/model.pt` is read from `keep/<x>/model.pt` where one was trained there
+    (e.g. `cls_resnext t8_resnext`: the classification backbone, then the detector on it), never from the pipeline's.
+    With `seed`, every experiment runs with that seed instead of its own, under the name `<experiment>_seed<seed>`."""
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import unified_vision
@@ -47,18 +62,26 @@ def run(names: list[str], profile_name: str = "smoke") -> dict:
             _, profile = profile_config(params, "smoke")
             generate_dataset(data, profile["data"]["synthetic"], seed=profile["data"]["seed"], progress=False)
     out = {}
-    for name in names:
-        cfg = resolve_experiment(params, name, profile_name)
+    for experiment in names:
+        cfg = resolve_experiment(params, experiment, profile_name)
+        name = experiment
+        if seed is not None:
+            cfg["seed"], name = seed, f"{experiment}_seed{seed}"
         if profile_name == "smoke":
             cfg["data"]["root"] = str(data)
             cfg["model"]["backbone"]["pretrained"] = False
         else:
+            backbone = cfg["model"]["backbone"]
+            if "pretrained" in backbone:
+                backbone["pretrained"] = _kept_checkpoint(backbone["pretrained"], keep)
             needed = [Path(cfg["data"]["root"])] + [Path(p) for p in [cfg["model"]["backbone"].get("pretrained")]
                                                      if isinstance(p, str)]
             missing = [str(p) for p in needed if not p.exists()]
             if missing:
-                sys.exit(f"same_results_on_cpu: {', '.join(missing)} missing; `dvc repro data pretrain` makes them")
-        run_dir = Path(tempfile.mkdtemp())
+                sys.exit(f"same_results_on_cpu: {', '.join(missing)} missing; `dvc repro data pretrain` makes them "
+                         "(a backbone trained by another experiment: name that experiment first, with --keep)")
+        run_dir = Path(tempfile.mkdtemp()) if keep is None else keep / name
+        run_dir.mkdir(parents=True, exist_ok=True)
         trainer = run_training(cfg, run_dir, progress=False)
         metrics = run_evaluation(cfg, run_dir / "model.pt", progress=False)
         metrics.pop("cost_infer_ms", None)
@@ -102,12 +125,14 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run"); r.add_argument("experiments", nargs="+")
     r.add_argument("--profile", choices=["smoke", "mini"], default="smoke")
+    r.add_argument("--seed", type=int, help="run every experiment with this seed, named <experiment>_seed<SEED>")
+    r.add_argument("--keep", type=Path, help="keep each run in KEEP/<experiment>/; backbones trained there are used by later experiments")
     c = sub.add_parser("compare"); c.add_argument("old"); c.add_argument("new")
     c.add_argument("--old-label", default="the old code"); c.add_argument("--new-label", default="the new code")
     c.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     args = p.parse_args()
     if args.cmd == "run":
-        print(json.dumps(run(args.experiments, args.profile), sort_keys=True))
+        print(json.dumps(run(args.experiments, args.profile, args.keep, args.seed), sort_keys=True))
     else:
         text = compare(json.loads(Path(args.old).read_text()), json.loads(Path(args.new).read_text()),
                        args.old_label, args.new_label)

@@ -7,11 +7,16 @@ samples of the whole chain, pretraining included. Do the gaps between the heads 
     # on the other machine, with its own `dvc repro pretrain` (runs/pretrain/model.pt):
     python analysis/same_results_on_cpu.py run --profile mini EXPERIMENT ... > runs.json
     python analysis/unihead_1x_other_machine.py collect runs.json [more.json ...] --out analysis/unihead_1x_other_machine_runs.json
+    # later runs on the same machine, from the same pretraining, added to that record:
+    python analysis/unihead_1x_other_machine.py collect more_runs.json --add
     # anywhere:
     python analysis/unihead_1x_other_machine.py render analysis/unihead_1x_other_machine_runs.json
 
-Runs of the one-seed rows in SINGLE (Table 3's zero initialisation, the 2x pair), if collected, are shown under
-the seeds table beside their committed runs.
+Runs of the one-seed rows in SINGLE, if collected, are shown under the seeds table beside their committed runs: the
+rows whose committed runs, or the runs they are compared with, the tables mark † (trained with older code): Table 3's
+zero initialisation for detection and for segmentation (mask AP), the 2x pair, seed 0 of the 4x pair, the AdamW pair,
+Table 7's Cascade R-CNN pair and Table 8's four backbone pairs (each detector on its classification backbone trained
+on the same machine: `same_results_on_cpu.py run --profile mini --keep DIR cls_resnext t8_resnext t8_resnext_unihead`).
 
 `collect` keeps each run's metrics, loss-free, with this machine's CPU and the md5 of runs/pretrain/model.pt.
 `render` sets them beside the committed runs' metrics (metrics/<experiment>.json) and writes
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import statistics
 import sys
 import time
@@ -40,14 +46,40 @@ ROWS = {
 PAIRS = [("2-fc head", "UniHead, class token (paper)"),
          ("2-fc head", "UniHead, class FC on all tokens (released code)"),
          ("UniHead, class token (paper)", "UniHead, class FC on all tokens (released code)")]
-COLUMNS = {"AP": "bbox_AP", "AP50": "bbox_AP50", "AP75": "bbox_AP75"}
-# One seed each: rows of Table 3 and of the noise table whose committed runs are marked † in results/ (older code,
-# older score threshold), trained here with the current code. Each is set against the row it is compared with there.
+COLUMNS = ("AP", "AP50", "AP75")
+# One seed each: rows whose committed runs, or the runs they are set against, are marked † in `results/` (older code,
+# older score threshold), trained here with the current code. Each is read against the row it is compared with there.
 SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
           "2-fc head, 2x schedule": "baseline_faster_rcnn_2x",
-          "UniHead, class token, 2x schedule": "uni_faster_rcnn_2x"}
+          "UniHead, class token, 2x schedule": "uni_faster_rcnn_2x",
+          "2-fc head, 4x schedule, seed 0": "baseline_faster_rcnn_4x",
+          "UniHead, class token, 4x schedule, seed 0": "uni_faster_rcnn_4x",
+          "2-fc head, AdamW": "baseline_faster_rcnn_adamw",
+          "UniHead, class token, AdamW": "uni_faster_rcnn_adamw",
+          "Cascade R-CNN, 2-fc heads (Table 7)": "baseline_cascade_rcnn",
+          "Cascade R-CNN, UniHead (Table 7)": "uni_cascade_rcnn",
+          "Segmentation, task-aware initialisation (Tables 3, 9; mask AP)": "uni_seg",
+          "Segmentation, zero initialisation (Table 3; mask AP)": "uni_seg_zero_init",
+          **{f"{label}, {head} (Table 8)": f"t8_{b}{suffix}"
+             for b, label in [("resnet_deep", "ResNet (deeper)"), ("resnext", "ResNeXt"), ("resnext_dcn", "ResNeXt-DCN"),
+                              ("swin_t", "Swin-T")]
+             for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]}}
 SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
-                ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule")]
+                ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule"),
+                ("2-fc head, 4x schedule, seed 0", "UniHead, class token, 4x schedule, seed 0"),
+                ("2-fc head, AdamW", "UniHead, class token, AdamW"),
+                ("Cascade R-CNN, 2-fc heads (Table 7)", "Cascade R-CNN, UniHead (Table 7)"),
+                ("Segmentation, task-aware initialisation (Tables 3, 9; mask AP)",
+                 "Segmentation, zero initialisation (Table 3; mask AP)")] + [
+                (f"{label}, 2-fc head (Table 8)", f"{label}, UniHead (Table 8)")
+                for label in ("ResNet (deeper)", "ResNeXt", "ResNeXt-DCN", "Swin-T")]
+# The segmentation rows are read by mask AP, every other row by box AP.
+METRIC_PREFIX = {"uni_seg": "segm", "uni_seg_zero_init": "segm"}
+
+
+def metric_key(name: str, col: str) -> str:
+    "The metrics-file key of column `col` (AP, AP50, AP75) for experiment `name`: mask AP for segmentation rows."
+    return f"{METRIC_PREFIX.get(name, 'bbox')}_{col}"
 
 
 def collect(paths: list[Path], pretrain: Path) -> dict:
@@ -57,32 +89,51 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
     runs = {}
     for p in paths:
         for name, rec in json.loads(Path(p).read_text()).items():
-            if not any(name in names for names in ROWS.values()) and name not in SINGLE.values():
+            if not any(name in names for names in ROWS.values()) and not any(name in single_runs(e, [name]) for e in SINGLE.values()):
                 continue
             if rec.get("profile") != "mini":
                 raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
-            runs[name] = {**{k: rec["metrics"].get(v) for k, v in COLUMNS.items()},
+            experiment = next((e for e in SINGLE.values() if name in single_runs(e, [name])), name)
+            runs[name] = {**{c: rec["metrics"].get(metric_key(experiment, c)) for c in COLUMNS},
                           "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
             "pretrain_md5": hashlib.md5(pretrain.read_bytes()).hexdigest(), "runs": runs}
 
 
+def merge(old: dict, new: dict, where: str = "the record") -> dict:
+    """`new`'s runs added to the record `old` (new runs win), if both come from the same CPU model and the same
+    pretraining checkpoint: runs from another checkpoint are another sample and would blur the seeds' spread."""
+    same_cpu = all(old["cpu"].get(k) == new["cpu"].get(k) for k in ("model name", "cpu family", "model"))
+    if old["pretrain_md5"] != new["pretrain_md5"] or not same_cpu:
+        raise ValueError(f"{where}: its runs come from pretrain md5 {old['pretrain_md5'][:8]}… on {old['cpu'].get('model name')}, "
+                         f"these from {new['pretrain_md5'][:8]}… on {new['cpu'].get('model name')}; write them to a "
+                         "record of their own (--out) instead of adding them")
+    return {**new, "runs": {**old["runs"], **new["runs"]}}
+
+
 def committed_metrics(metrics_dir: Path) -> dict:
-    "AP, AP50 and AP75 of every committed run of ROWS, from the pipeline's metrics files."
+    """AP, AP50 and AP75 of every committed run of the rows, from the pipeline's metrics files, and whether the tables
+    mark the run † (its score threshold filtered the product score: unified_vision.engine.tables)."""
+    sys.path.insert(0, str(ROOT))
+    from unified_vision.engine.tables import _product_thresholded
     out = {}
-    for names in list(ROWS.values()) + [[n] for n in SINGLE.values()]:
-        for name in names:
-            path = metrics_dir / f"{name}.json"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: no committed metrics for {name}; run the pipeline's evaluate stage first")
-            m = json.loads(path.read_text())
-            out[name] = {k: m.get(v) for k, v in COLUMNS.items()}
+    for name in [n for names in ROWS.values() for n in names] + list(SINGLE.values()):
+        path = metrics_dir / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no committed metrics for {name}; run the pipeline's evaluate stage first")
+        m = json.loads(path.read_text())
+        out[name] = {**{c: m.get(metric_key(name, c)) for c in COLUMNS}, "dagger": _product_thresholded(metrics_dir, name)}
     return out
+
+
+def single_runs(experiment: str, runs: dict) -> list[str]:
+    "A one-seed row's runs: the experiment, then any runs of it with other seeds (`same_results_on_cpu.py run --seed N`)."
+    return [experiment] + sorted(n for n in runs if re.fullmatch(re.escape(experiment) + r"_seed\d+", n))
 
 
 def values(runs: dict, row: str, col: str) -> list[float]:
     "The row's runs' values of `col` (x 100), skipping runs this machine has not got."
-    names = ROWS[row] if row in ROWS else [SINGLE[row]]
+    names = ROWS[row] if row in ROWS else single_runs(SINGLE[row], runs)
     return [100 * runs[n][col] for n in names if n in runs and runs[n].get(col) is not None]
 
 
@@ -92,14 +143,18 @@ def mean_of(runs: dict, row: str) -> float | None:
 
 
 def single_lines(runs: dict, committed: dict) -> list[str]:
-    "The one-seed rows trained here, beside the committed (†) runs, and the differences they are read for, where this machine has both sides."
+    "The one-seed rows trained here, beside the committed runs (†: see results/), and the differences they are read for, where this machine has both sides."
     if not any(n in runs for n in SINGLE.values()):
         return []
-    lines = ["", "One seed each, current code (the committed runs of these rows are marked † in `results/`: trained with "
-             "older code and evaluated with the older score threshold):", "",
+    lines = ["", "One seed each (more on the other machine where a cell says how many runs it averages), current code: rows whose committed runs, or the runs they are compared with, are marked † "
+             "in `results/` (trained with older code and evaluated with the older score threshold). Box AP; mask AP "
+             "where the row says so. Table 8's detectors start from classification backbones trained on each machine "
+             "(on the other one by `same_results_on_cpu.py run --keep`, before the detectors).", "",
              "| row | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 |", "|---|---|---|---|---|---|---|"]
     for row in (r for r in SINGLE if SINGLE[r] in runs):
-        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) for c in COLUMNS) + " | "
+        mark = " †" if committed.get(SINGLE[row], {}).get("dagger") else ""
+        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) + (mark if c == "AP" else "")
+                                               for c in COLUMNS) + " | "
                      + " | ".join(mean_std(values(runs, row, c)) for c in COLUMNS) + " |")
     lines += ["", "| second − first (AP; a several-seed row by its mean) | committed | other machine |", "|---|---|---|"]
     for first, second in SINGLE_DIFFS:
@@ -137,7 +192,7 @@ def render(record: dict, committed: dict) -> str:
     other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
     runs = record["runs"]
     lines = [
-        "## The 1x head comparison on another machine, from another pretraining (`mini`, Faster R-CNN, box AP)",
+        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, and one-seed † rows)",
         "",
         f"Generated by `python analysis/unihead_1x_other_machine.py render` from `analysis/unihead_1x_other_machine_runs.json` "
         f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "
@@ -172,6 +227,7 @@ def main():
     c = sub.add_parser("collect"); c.add_argument("runs", nargs="+", type=Path)
     c.add_argument("--pretrain", type=Path, default=ROOT / "runs/pretrain/model.pt")
     c.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine_runs.json")
+    c.add_argument("--add", action="store_true", help="add the runs to the record already at --out (same CPU model and pretraining only)")
     r = sub.add_parser("render"); r.add_argument("record", type=Path, nargs="?", default=HERE / "unihead_1x_other_machine_runs.json")
     r.add_argument("--metrics", type=Path, default=ROOT / "metrics")
     r.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine.md")
@@ -180,6 +236,8 @@ def main():
     from unified_vision.core import atomic_path
     if args.cmd == "collect":
         record = collect(args.runs, args.pretrain)
+        if args.add:
+            record = merge(json.loads(args.out.read_text()), record, str(args.out))
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{len(record['runs'])} runs -> {args.out}")

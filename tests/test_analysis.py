@@ -148,6 +148,18 @@ def test_same_results_verdict_and_training_time_columns():
     assert "Verdict: **NOT identical**" in text and "| same | **different** | same | - | - | - |" in text
 
 
+def test_same_results_run_reads_backbones_it_kept(tmp_path):
+    spec = importlib.util.spec_from_file_location("same_results", Path(__file__).parents[1] / "analysis" / "same_results_on_cpu.py")
+    same = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same)
+    assert same._kept_checkpoint("runs/cls_resnext/model.pt", None) == "runs/cls_resnext/model.pt"
+    assert same._kept_checkpoint("runs/cls_resnext/model.pt", tmp_path) == "runs/cls_resnext/model.pt"   # none kept: the pipeline's
+    (tmp_path / "cls_resnext").mkdir()
+    (tmp_path / "cls_resnext" / "model.pt").write_bytes(b"kept")
+    assert same._kept_checkpoint("runs/cls_resnext/model.pt", tmp_path) == str(tmp_path / "cls_resnext" / "model.pt")
+    assert same._kept_checkpoint(False, tmp_path) is False and same._kept_checkpoint("/abs/model.pt", tmp_path) == "/abs/model.pt"
+
+
 def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     spec = importlib.util.spec_from_file_location("other_machine", Path(__file__).parents[1] / "analysis" / "unihead_1x_other_machine.py")
     om = importlib.util.module_from_spec(spec)
@@ -158,14 +170,18 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
                 "weights": "w", "losses": [1.0]} for row, vals in ap.items() for n, v in zip(om.ROWS[row], vals)}
     for name, v in {"uni_faster_rcnn_zero_init": 0.04, "baseline_faster_rcnn_2x": 0.20, "uni_faster_rcnn_2x": 0.15}.items():
         runs[name] = {"metrics": {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}, "profile": "mini"}
-    runs["uni_cascade_rcnn"] = dict(runs["uni_faster_rcnn"])                   # not a row: left out
+    for name, v in {"uni_seg": 0.03, "uni_seg_zero_init": 0.02, "uni_seg_seed1": 0.05}.items():   # mask AP, not box AP
+        runs[name] = {"metrics": {"bbox_AP": 0.5, "bbox_AP50": 0.5, "bbox_AP75": 0.5, "segm_AP": v, "segm_AP50": 3 * v,
+                                  "segm_AP75": v / 3}, "profile": "mini"}
+    runs["uni_atss"] = dict(runs["uni_faster_rcnn"])
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     pretrain = tmp_path / "model.pt"
     pretrain.write_bytes(b"checkpoint")
     record = om.collect([tmp_path / "runs.json"], pretrain)
-    assert set(record["runs"]) == {n for names in om.ROWS.values() for n in names} | set(om.SINGLE.values())
+    assert set(record["runs"]) == ({n for names in om.ROWS.values() for n in names} | set(om.SINGLE.values())
+                                   | {"uni_seg_seed1"}) & set(runs)                 # uni_atss: not a row, left out
     assert record["runs"]["uni_faster_rcnn"]["AP"] == 0.05 and record["pretrain_md5"] == hashlib.md5(b"checkpoint").hexdigest()
-    committed = {n: dict(r) for n, r in record["runs"].items()}
+    committed = {n: dict(r) for n, r in record["runs"].items() if n != "uni_seg_seed1"}   # the pipeline has seed 0 only
     committed["uni_faster_rcnn_seed2"] = dict(committed["uni_faster_rcnn_seed2"], AP=0.09)
     text = om.render(record, committed)
     assert "| 2-fc head | 12.0 ± 2.0 | 24.0 ± 4.0 | 6.0 ± 1.0 | 12.0 ± 2.0 |" in text
@@ -176,9 +192,25 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     assert "| UniHead, zero initialisation (Table 3) | 3.0 (1 run) | 8.0 (1 run) | 2.0 (1 run) | 4.0 (1 run) |" in text
     assert "| UniHead, zero initialisation (Table 3) − UniHead, class token (paper) | -3.7 | -2.0 |" in text
     assert "| UniHead, class token, 2x schedule − 2-fc head, 2x schedule | -5.0 | -5.0 |" in text
+    assert record["runs"]["uni_seg"] == {"AP": 0.03, "AP50": 0.09, "AP75": 0.01, "train_seconds": None, "weights": None}
+    assert "| Segmentation, zero initialisation (Table 3; mask AP) − Segmentation, task-aware initialisation (Tables 3, 9; mask AP) | -1.0 | -2.0 |" in text
+    assert "AdamW |" not in text                                                # no run of it here: no row, no difference
+    committed["uni_seg"] = dict(committed["uni_seg"], dagger=True)               # the tables mark this committed run
+    text = om.render(record, committed)
+    assert "| Segmentation, task-aware initialisation (Tables 3, 9; mask AP) | 3.0 (1 run) † | 9.0 (1 run) |" in text
+    assert "| 1.0 (1 run) | 4.0 ± 1.4 (2 runs) | 12.0 ± 4.2 (2 runs) |" in text                 # seeds 0 and 1 there
+    assert "| Segmentation, zero initialisation (Table 3; mask AP) | 2.0 (1 run) | " in text
     del record["runs"]["uni_faster_rcnn_2x"]                                     # a row not trained here is left out
     text = om.render(record, committed)
     assert "UniHead, class token, 2x schedule |" not in text and "2-fc head, 2x schedule | " in text
+    later = dict(record, runs={"uni_faster_rcnn_2x": {"AP": 0.16}, "uni_faster_rcnn": {"AP": 0.08}})
+    merged = om.merge(record, later)
+    assert merged["runs"]["uni_faster_rcnn_2x"] == {"AP": 0.16} and merged["runs"]["uni_faster_rcnn"] == {"AP": 0.08}
+    assert merged["runs"]["baseline_faster_rcnn"] == record["runs"]["baseline_faster_rcnn"]
+    with pytest.raises(ValueError, match="pretrain md5 .* record of their own"):          # another checkpoint: another sample
+        om.merge(record, dict(later, pretrain_md5="b365" + "0" * 28), "runs.json")
+    with pytest.raises(ValueError, match="record of their own"):
+        om.merge(record, dict(later, cpu=dict(record["cpu"], model="1")))
     runs["baseline_faster_rcnn"]["profile"] = "smoke"
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     with pytest.raises(ValueError, match="--profile mini"):
