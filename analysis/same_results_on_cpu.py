@@ -74,8 +74,7 @@ def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None,
             backbone = cfg["model"]["backbone"]
             if "pretrained" in backbone:
                 backbone["pretrained"] = _kept_checkpoint(backbone["pretrained"], keep)
-            needed = [Path(cfg["data"]["root"])] + [Path(p) for p in [cfg["model"]["backbone"].get("pretrained")]
-                                                     if isinstance(p, str)]
+            needed = [Path(cfg["data"]["root"])] + [Path(p) for p in [backbone.get("pretrained")] if isinstance(p, str)]
             missing = [str(p) for p in needed if not p.exists()]
             if missing:
                 sys.exit(f"same_results_on_cpu: {', '.join(missing)} missing; `dvc repro data pretrain` makes them "

@@ -89,11 +89,11 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
     runs = {}
     for p in paths:
         for name, rec in json.loads(Path(p).read_text()).items():
-            if not any(name in names for names in ROWS.values()) and not any(name in single_runs(e, [name]) for e in SINGLE.values()):
+            experiment = experiment_of(name)
+            if experiment is None:
                 continue
             if rec.get("profile") != "mini":
                 raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
-            experiment = next((e for e in SINGLE.values() if name in single_runs(e, [name])), name)
             runs[name] = {**{c: rec["metrics"].get(metric_key(experiment, c)) for c in COLUMNS},
                           "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
@@ -124,6 +124,13 @@ def committed_metrics(metrics_dir: Path) -> dict:
         m = json.loads(path.read_text())
         out[name] = {**{c: m.get(metric_key(name, c)) for c in COLUMNS}, "dagger": _product_thresholded(metrics_dir, name)}
     return out
+
+
+def experiment_of(name: str) -> str | None:
+    "The experiment of a row that run `name` belongs to (`<experiment>_seed<N>` for a one-seed row), None for no row's run."
+    if any(name in names for names in ROWS.values()):
+        return name
+    return next((e for e in SINGLE.values() if name in single_runs(e, [name])), None)
 
 
 def single_runs(experiment: str, runs: dict) -> list[str]:
