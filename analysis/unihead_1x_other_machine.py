@@ -16,7 +16,10 @@ Runs of the one-seed rows in SINGLE, if collected, are shown under the seeds tab
 rows whose committed runs, or the runs they are compared with, the tables mark † (trained with older code): Table 3's
 zero initialisation for detection and for segmentation (mask AP), the 2x pair, seed 0 of the 4x pair, the AdamW pair,
 Table 7's Cascade R-CNN pair and Table 8's four backbone pairs (each detector on its classification backbone trained
-on the same machine: `same_results_on_cpu.py run --profile mini --keep DIR cls_resnext t8_resnext t8_resnext_unihead`).
+on the same machine: `same_results_on_cpu.py run --profile mini --keep DIR cls_resnext t8_resnext t8_resnext_unihead`);
+and, not †, the one-seed ablations of Tables 2 (no task token), 4 (K = 8, 24, 32, read against the seeds of K = 16, the
+class-token row) and 5 (L = 1 to 4, each read against the next), whose committed differences are about one seed's
+spread: more seeds of them there (`run --seed N`) say whether each step is more than noise.
 
 `collect` keeps each run's metrics, loss-free, with this machine's CPU and the md5 of runs/pretrain/model.pt.
 `render` sets them beside the committed runs' metrics (metrics/<experiment>.json) and writes
@@ -63,7 +66,11 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
           **{f"{label}, {head} (Table 8)": f"t8_{b}{suffix}"
              for b, label in [("resnet_deep", "ResNet (deeper)"), ("resnext", "ResNeXt"), ("resnext_dcn", "ResNeXt-DCN"),
                               ("swin_t", "Swin-T")]
-             for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]}}
+             for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]},
+          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2, 4 and 5.
+          "UniHead without task token (Table 2)": "uni_faster_rcnn_no_token",
+          **{f"UniHead, K = {k} (Table 4)": f"uni_faster_rcnn_k{k}" for k in (8, 24, 32)},
+          **{f"UniHead, L = {n} (Table 5)": f"uni_faster_rcnn_l{n}" for n in (1, 2, 3, 4)}}
 SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
                 ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule"),
                 ("2-fc head, 4x schedule, seed 0", "UniHead, class token, 4x schedule, seed 0"),
@@ -72,7 +79,10 @@ SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (
                 ("Segmentation, task-aware initialisation (Tables 3, 9; mask AP)",
                  "Segmentation, zero initialisation (Table 3; mask AP)")] + [
                 (f"{label}, 2-fc head (Table 8)", f"{label}, UniHead (Table 8)")
-                for label in ("ResNet (deeper)", "ResNeXt", "ResNeXt-DCN", "Swin-T")]
+                for label in ("ResNet (deeper)", "ResNeXt", "ResNeXt-DCN", "Swin-T")] + [
+                ("UniHead, class token (paper)", "UniHead without task token (Table 2)")] + [
+                ("UniHead, class token (paper)", f"UniHead, K = {k} (Table 4)") for k in (8, 24, 32)] + [
+                (f"UniHead, L = {n} (Table 5)", f"UniHead, L = {n + 1} (Table 5)") for n in (1, 2, 3)]
 # The segmentation rows are read by mask AP, every other row by box AP.
 METRIC_PREFIX = {"uni_seg": "segm", "uni_seg_zero_init": "segm"}
 
@@ -153,8 +163,9 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
     "The one-seed rows trained here, beside the committed runs (†: see results/), and the differences they are read for, where this machine has both sides."
     if not any(n in runs for n in SINGLE.values()):
         return []
-    lines = ["", "One seed each (more on the other machine where a cell says how many runs it averages), current code: rows whose committed runs, or the runs they are compared with, are marked † "
-             "in `results/` (trained with older code and evaluated with the older score threshold). Box AP; mask AP "
+    lines = ["", "One seed each in the tables (more on the other machine where a cell says how many runs it averages), current code: rows whose committed runs, or the runs they are compared with, are marked † "
+             "in `results/` (trained with older code and evaluated with the older score threshold), and the ablations of "
+             "Tables 2, 4 and 5, whose differences are about one seed's spread. Box AP; mask AP "
              "where the row says so. Table 8's detectors start from classification backbones trained on each machine "
              "(on the other one by `same_results_on_cpu.py run --keep`, before the detectors).", "",
              "| row | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 |", "|---|---|---|---|---|---|---|"]
@@ -163,7 +174,9 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
         lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) + (mark if c == "AP" else "")
                                                for c in COLUMNS) + " | "
                      + " | ".join(mean_std(values(runs, row, c)) for c in COLUMNS) + " |")
-    lines += ["", "| second − first (AP; a several-seed row by its mean) | committed | other machine |", "|---|---|---|"]
+    lines += ["", "Second minus first, AP, a several-seed row by its mean; where the other machine has two or more runs on "
+              "each side, Welch's test on them (95% interval, p; – where a side has one run):", "",
+              "| second − first | committed | other machine | other machine: 95% CI | p |", "|---|---|---|---|---|"]
     for first, second in SINGLE_DIFFS:
         if mean_of(runs, first) is None or mean_of(runs, second) is None:
             continue
@@ -171,7 +184,7 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
         for src in (committed, runs):
             a, b = mean_of(src, first), mean_of(src, second)
             cells.append("–" if a is None or b is None else f"{b - a:+.1f}")
-        lines.append(f"| {second} − {first} | " + " | ".join(cells) + " |")
+        lines.append(f"| {second} − {first} | " + " | ".join(cells + gap_cells(runs, first, second)[1:]) + " |")
     return lines
 
 
@@ -199,7 +212,7 @@ def render(record: dict, committed: dict) -> str:
     other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
     runs = record["runs"]
     lines = [
-        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, and one-seed † rows)",
+        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows and the ablations of Tables 2, 4, 5)",
         "",
         f"Generated by `python analysis/unihead_1x_other_machine.py render` from `analysis/unihead_1x_other_machine_runs.json` "
         f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "

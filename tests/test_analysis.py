@@ -173,15 +173,19 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     for name, v in {"uni_seg": 0.03, "uni_seg_zero_init": 0.02, "uni_seg_seed1": 0.05}.items():   # mask AP, not box AP
         runs[name] = {"metrics": {"bbox_AP": 0.5, "bbox_AP50": 0.5, "bbox_AP75": 0.5, "segm_AP": v, "segm_AP50": 3 * v,
                                   "segm_AP75": v / 3}, "profile": "mini"}
+    for name, v in {"uni_faster_rcnn_l1": 0.05, "uni_faster_rcnn_l1_seed1": 0.07, "uni_faster_rcnn_l2": 0.08,
+                    "uni_faster_rcnn_l2_seed1": 0.09}.items():                      # an ablation, two seeds here
+        runs[name] = {"metrics": {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}, "profile": "mini"}
     runs["uni_atss"] = dict(runs["uni_faster_rcnn"])
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     pretrain = tmp_path / "model.pt"
     pretrain.write_bytes(b"checkpoint")
     record = om.collect([tmp_path / "runs.json"], pretrain)
     assert set(record["runs"]) == ({n for names in om.ROWS.values() for n in names} | set(om.SINGLE.values())
-                                   | {"uni_seg_seed1"}) & set(runs)                 # uni_atss: not a row, left out
+                                   | {"uni_seg_seed1", "uni_faster_rcnn_l1_seed1", "uni_faster_rcnn_l2_seed1"}) & set(runs)  # uni_atss: not a row
     assert record["runs"]["uni_faster_rcnn"]["AP"] == 0.05 and record["pretrain_md5"] == hashlib.md5(b"checkpoint").hexdigest()
-    committed = {n: dict(r) for n, r in record["runs"].items() if n != "uni_seg_seed1"}   # the pipeline has seed 0 only
+    seeds_rows = {n for names in om.ROWS.values() for n in names}
+    committed = {n: dict(r) for n, r in record["runs"].items() if "_seed" not in n or n in seeds_rows}   # one-seed rows: seed 0
     committed["uni_faster_rcnn_seed2"] = dict(committed["uni_faster_rcnn_seed2"], AP=0.09)
     text = om.render(record, committed)
     assert "| 2-fc head | 12.0 ± 2.0 | 24.0 ± 4.0 | 6.0 ± 1.0 | 12.0 ± 2.0 |" in text
@@ -195,6 +199,13 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     assert record["runs"]["uni_seg"] == {"AP": 0.03, "AP50": 0.09, "AP75": 0.01, "train_seconds": None, "weights": None}
     assert "| Segmentation, zero initialisation (Table 3; mask AP) − Segmentation, task-aware initialisation (Tables 3, 9; mask AP) | -1.0 | -2.0 |" in text
     assert "AdamW |" not in text                                                # no run of it here: no row, no difference
+    l1, l2 = [5.0, 7.0], [8.0, 9.0]                                              # Welch's test where both sides have 2+ runs here
+    from unified_vision.engine.tables import welch_gap
+    g = welch_gap(l1, l2)
+    assert (f"| UniHead, L = 2 (Table 5) − UniHead, L = 1 (Table 5) | +3.0 | +2.5 | [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}] | "
+            f"{g['p']:.3f} |") in text
+    assert "(Table 3) − UniHead, class token (paper) | -3.7 | -2.0 | – | – |" in text          # one run here: no test
+    assert "K = 8 (Table 4) |" not in text
     committed["uni_seg"] = dict(committed["uni_seg"], dagger=True)               # the tables mark this committed run
     text = om.render(record, committed)
     assert "| Segmentation, task-aware initialisation (Tables 3, 9; mask AP) | 3.0 (1 run) † | 9.0 (1 run) |" in text
