@@ -18,8 +18,12 @@ zero initialisation for detection and for segmentation (mask AP), the 2x pair, s
 Table 7's Cascade R-CNN pair and Table 8's four backbone pairs (each detector on its classification backbone trained
 on the same machine: `same_results_on_cpu.py run --profile mini --keep DIR cls_resnext t8_resnext t8_resnext_unihead`);
 and, not †, the one-seed ablations of Tables 2 (no task token), 4 (K = 8, 24, 32, read against the seeds of K = 16, the
-class-token row) and 5 (L = 1 to 4, each read against the next), whose committed differences are about one seed's
-spread: more seeds of them there (`run --seed N`) say whether each step is more than noise.
+class-token row) and 5 (L = 1 to 4, each read against the next), Table 6's module rows (HD, HD + MHSA on RoIAlign
+tokens, HD + DPL without MHSA, each read against the row the module is added to; the full row is Table 2's UniHead
+without task token), and the pose rows of Tables 2 and 3 (task token, zero initialisation), whose committed differences
+are about one seed's spread: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
+rows are read by PCK@0.1, not keypoint AP, which is about 0 for any model at `mini`'s person sizes
+(analysis/keypoints_oks_mini.md).
 
 `collect` keeps each run's metrics, loss-free, with this machine's CPU and the md5 of runs/pretrain/model.pt.
 `render` sets them beside the committed runs' metrics (metrics/<experiment>.json) and writes
@@ -50,6 +54,7 @@ PAIRS = [("2-fc head", "UniHead, class token (paper)"),
          ("2-fc head", "UniHead, class FC on all tokens (released code)"),
          ("UniHead, class token (paper)", "UniHead, class FC on all tokens (released code)")]
 COLUMNS = ("AP", "AP50", "AP75")
+PCK_COLUMNS = ("PCK10", "PCK05", "PCK20")          # PCK@0.1 first: the pose rows' headline, as AP is the others'
 # One seed each: rows whose committed runs, or the runs they are set against, are marked † in `results/` (older code,
 # older score threshold), trained here with the current code. Each is read against the row it is compared with there.
 SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
@@ -67,10 +72,16 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
              for b, label in [("resnet_deep", "ResNet (deeper)"), ("resnext", "ResNeXt"), ("resnext_dcn", "ResNeXt-DCN"),
                               ("swin_t", "Swin-T")]
              for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]},
-          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2, 4 and 5.
-          "UniHead without task token (Table 2)": "uni_faster_rcnn_no_token",
+          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2 to 6.
+          "UniHead without task token (Tables 2, 6)": "uni_faster_rcnn_no_token",
           **{f"UniHead, K = {k} (Table 4)": f"uni_faster_rcnn_k{k}" for k in (8, 24, 32)},
-          **{f"UniHead, L = {n} (Table 5)": f"uni_faster_rcnn_l{n}" for n in (1, 2, 3, 4)}}
+          **{f"UniHead, L = {n} (Table 5)": f"uni_faster_rcnn_l{n}" for n in (1, 2, 3, 4)},
+          "HD, sibling 2-fc stacks (Table 6)": "hd_faster_rcnn",
+          "HD + MHSA on the RoIAlign tokens (Table 6)": "roi_tokens_mhsa",
+          "HD + DPL by deformable RoI pooling, no MHSA (Table 6)": "deform_pool_no_mhsa",
+          "Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)": "uni_keypoints",
+          "Pose without task token (Table 2; PCK@0.1)": "uni_keypoints_no_token",
+          "Pose, zero initialisation (Table 3; PCK@0.1)": "uni_keypoints_zero_init"}
 SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
                 ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule"),
                 ("2-fc head, 4x schedule, seed 0", "UniHead, class token, 4x schedule, seed 0"),
@@ -80,16 +91,29 @@ SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (
                  "Segmentation, zero initialisation (Table 3; mask AP)")] + [
                 (f"{label}, 2-fc head (Table 8)", f"{label}, UniHead (Table 8)")
                 for label in ("ResNet (deeper)", "ResNeXt", "ResNeXt-DCN", "Swin-T")] + [
-                ("UniHead, class token (paper)", "UniHead without task token (Table 2)")] + [
+                ("UniHead, class token (paper)", "UniHead without task token (Tables 2, 6)")] + [
                 ("UniHead, class token (paper)", f"UniHead, K = {k} (Table 4)") for k in (8, 24, 32)] + [
-                (f"UniHead, L = {n} (Table 5)", f"UniHead, L = {n + 1} (Table 5)") for n in (1, 2, 3)]
-# The segmentation rows are read by mask AP, every other row by box AP.
-METRIC_PREFIX = {"uni_seg": "segm", "uni_seg_zero_init": "segm"}
+                (f"UniHead, L = {n} (Table 5)", f"UniHead, L = {n + 1} (Table 5)") for n in (1, 2, 3)] + [
+                ("2-fc head", "HD, sibling 2-fc stacks (Table 6)"),
+                ("HD, sibling 2-fc stacks (Table 6)", "HD + MHSA on the RoIAlign tokens (Table 6)"),
+                ("HD, sibling 2-fc stacks (Table 6)", "HD + DPL by deformable RoI pooling, no MHSA (Table 6)"),
+                ("HD + MHSA on the RoIAlign tokens (Table 6)", "UniHead without task token (Tables 2, 6)"),
+                ("HD + DPL by deformable RoI pooling, no MHSA (Table 6)", "UniHead without task token (Tables 2, 6)"),
+                ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose without task token (Table 2; PCK@0.1)"),
+                ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose, zero initialisation (Table 3; PCK@0.1)")]
+# Which metrics a row is read by: mask AP for the segmentation rows, PCK for the pose rows, box AP for every other row.
+METRICS = {"uni_seg": ("segm", COLUMNS), "uni_seg_zero_init": ("segm", COLUMNS),
+           **{e: ("keypoints", PCK_COLUMNS) for e in ("uni_keypoints", "uni_keypoints_no_token", "uni_keypoints_zero_init")}}
+
+
+def columns_of(experiment: str) -> tuple[str, ...]:
+    "The columns experiment `experiment` is read by, its headline first: AP, AP50, AP75, or PCK@0.1, @0.05, @0.2 for pose."
+    return METRICS.get(experiment, ("bbox", COLUMNS))[1]
 
 
 def metric_key(name: str, col: str) -> str:
-    "The metrics-file key of column `col` (AP, AP50, AP75) for experiment `name`: mask AP for segmentation rows."
-    return f"{METRIC_PREFIX.get(name, 'bbox')}_{col}"
+    "The metrics-file key of column `col` for experiment `name`: mask AP for segmentation rows, keypoint PCK for pose rows."
+    return f"{METRICS.get(name, ('bbox',))[0]}_{col}"
 
 
 def collect(paths: list[Path], pretrain: Path) -> dict:
@@ -104,7 +128,7 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
                 continue
             if rec.get("profile") != "mini":
                 raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
-            runs[name] = {**{c: rec["metrics"].get(metric_key(experiment, c)) for c in COLUMNS},
+            runs[name] = {**{c: rec["metrics"].get(metric_key(experiment, c)) for c in columns_of(experiment)},
                           "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
             "pretrain_md5": hashlib.md5(pretrain.read_bytes()).hexdigest(), "runs": runs}
@@ -132,7 +156,7 @@ def committed_metrics(metrics_dir: Path) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no committed metrics for {name}; run the pipeline's evaluate stage first")
         m = json.loads(path.read_text())
-        out[name] = {**{c: m.get(metric_key(name, c)) for c in COLUMNS}, "dagger": _product_thresholded(metrics_dir, name)}
+        out[name] = {**{c: m.get(metric_key(name, c)) for c in columns_of(name)}, "dagger": _product_thresholded(metrics_dir, name)}
     return out
 
 
@@ -154,8 +178,13 @@ def values(runs: dict, row: str, col: str) -> list[float]:
     return [100 * runs[n][col] for n in names if n in runs and runs[n].get(col) is not None]
 
 
+def headline(row: str) -> str:
+    "The column a row's differences are read by: PCK@0.1 for the pose rows, AP for the others."
+    return columns_of(SINGLE.get(row, ""))[0]
+
+
 def mean_of(runs: dict, row: str) -> float | None:
-    vals = values(runs, row, "AP")
+    vals = values(runs, row, headline(row))
     return statistics.mean(vals) if vals else None
 
 
@@ -165,17 +194,16 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
         return []
     lines = ["", "One seed each in the tables (more on the other machine where a cell says how many runs it averages), current code: rows whose committed runs, or the runs they are compared with, are marked † "
              "in `results/` (trained with older code and evaluated with the older score threshold), and the ablations of "
-             "Tables 2, 4 and 5, whose differences are about one seed's spread. Box AP; mask AP "
-             "where the row says so. Table 8's detectors start from classification backbones trained on each machine "
-             "(on the other one by `same_results_on_cpu.py run --keep`, before the detectors).", "",
-             "| row | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 |", "|---|---|---|---|---|---|---|"]
-    for row in (r for r in SINGLE if SINGLE[r] in runs):
-        mark = " †" if committed.get(SINGLE[row], {}).get("dagger") else ""
-        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) + (mark if c == "AP" else "")
-                                               for c in COLUMNS) + " | "
-                     + " | ".join(mean_std(values(runs, row, c)) for c in COLUMNS) + " |")
-    lines += ["", "Second minus first, AP, a several-seed row by its mean; where the other machine has two or more runs on "
-              "each side, Welch's test on them (95% interval, p; – where a side has one run):", "",
+             "Tables 2 to 6, whose differences are about one seed's spread. Box AP; mask AP or PCK@0.1 (pose: keypoint AP "
+             "is about 0 at `mini`'s person sizes) where the row says so. Table 8's detectors start from classification backbones trained on each machine "
+             "(on the other one by `same_results_on_cpu.py run --keep`, before the detectors)."]
+    trained = [r for r in SINGLE if SINGLE[r] in runs]
+    for cols, names in ((COLUMNS, ("AP", "AP50", "AP75")), (PCK_COLUMNS, ("PCK@0.1", "PCK@0.05", "PCK@0.2"))):
+        rows = [r for r in trained if columns_of(SINGLE[r]) == cols]
+        if rows:
+            lines += single_table(rows, cols, names, runs, committed)
+    lines += ["", "Second minus first, AP (PCK@0.1 for the pose rows), a several-seed row by its mean; where the other "
+              "machine has two or more runs on each side, Welch's test on them (95% interval, p; – where a side has one run):", "",
               "| second − first | committed | other machine | other machine: 95% CI | p |", "|---|---|---|---|---|"]
     for first, second in SINGLE_DIFFS:
         if mean_of(runs, first) is None or mean_of(runs, second) is None:
@@ -185,6 +213,18 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
             a, b = mean_of(src, first), mean_of(src, second)
             cells.append("–" if a is None or b is None else f"{b - a:+.1f}")
         lines.append(f"| {second} − {first} | " + " | ".join(cells + gap_cells(runs, first, second)[1:]) + " |")
+    return lines
+
+
+def single_table(rows: list[str], cols: tuple[str, ...], names: tuple[str, ...], runs: dict, committed: dict) -> list[str]:
+    "One table of one-seed rows read by the same columns `cols` (headers `names`), committed beside the other machine."
+    lines = ["", "| row | committed " + " | ".join(names) + " | other machine " + " | ".join(names) + " |",
+             "|---|" + "---|" * 2 * len(cols)]
+    for row in rows:
+        mark = " †" if committed.get(SINGLE[row], {}).get("dagger") else ""
+        lines.append(f"| {row} | " + " | ".join(mean_std(values(committed, row, c)) + (mark if c == cols[0] else "")
+                                               for c in cols) + " | "
+                     + " | ".join(mean_std(values(runs, row, c)) for c in cols) + " |")
     return lines
 
 
@@ -199,7 +239,7 @@ def mean_std(vals: list[float]) -> str:
 def gap_cells(runs: dict, first: str, second: str) -> list[str]:
     sys.path.insert(0, str(ROOT))
     from unified_vision.engine.tables import welch_gap
-    a, b = values(runs, first, "AP"), values(runs, second, "AP")
+    a, b = values(runs, first, headline(first)), values(runs, second, headline(second))
     if len(a) < 2 or len(b) < 2:
         return ["–", "–", "–"]
     g = welch_gap(a, b)
@@ -212,7 +252,7 @@ def render(record: dict, committed: dict) -> str:
     other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
     runs = record["runs"]
     lines = [
-        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows and the ablations of Tables 2, 4, 5)",
+        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows and the ablations of Tables 2-6)",
         "",
         f"Generated by `python analysis/unihead_1x_other_machine.py render` from `analysis/unihead_1x_other_machine_runs.json` "
         f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "

@@ -226,3 +226,38 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     with pytest.raises(ValueError, match="--profile mini"):
         om.collect([tmp_path / "runs.json"], pretrain)
+
+
+def test_other_machine_comparison_reads_pose_rows_by_pck_and_table6_by_box_ap(tmp_path):
+    spec = importlib.util.spec_from_file_location("other_machine", Path(__file__).parents[1] / "analysis" / "unihead_1x_other_machine.py")
+    om = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(om)
+    box = lambda v: {"bbox_AP": v, "bbox_AP50": 2 * v, "bbox_AP75": v / 2}
+    pose = lambda v: {"keypoints_AP": 0.0, "keypoints_AP50": 0.0, "keypoints_AP75": 0.0,        # OKS: ~0 at mini's sizes
+                      "keypoints_PCK05": v / 4, "keypoints_PCK10": v, "keypoints_PCK20": 2 * v}
+    runs = {n: {"metrics": box(v), "profile": "mini"} for n, v in
+            {"baseline_faster_rcnn": 0.12, "baseline_faster_rcnn_seed1": 0.14, "hd_faster_rcnn": 0.10, "hd_faster_rcnn_seed1": 0.11,
+             "uni_faster_rcnn_no_token": 0.06}.items()}
+    runs.update({n: {"metrics": pose(v), "profile": "mini"} for n, v in
+                 {"uni_keypoints": 0.06, "uni_keypoints_seed1": 0.08, "uni_keypoints_no_token": 0.05,
+                  "uni_keypoints_no_token_seed1": 0.04, "uni_keypoints_zero_init": 0.08}.items()})
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    (tmp_path / "model.pt").write_bytes(b"checkpoint")
+    record = om.collect([tmp_path / "runs.json"], tmp_path / "model.pt")
+    assert record["runs"]["uni_keypoints_seed1"] == {"PCK10": 0.08, "PCK05": 0.02, "PCK20": 0.16, "train_seconds": None, "weights": None}
+    assert record["runs"]["hd_faster_rcnn"]["AP"] == 0.10 and "PCK10" not in record["runs"]["hd_faster_rcnn"]
+    committed = {n: dict(r) for n, r in record["runs"].items() if "_seed" not in n or n.startswith("baseline_faster_rcnn")}
+    committed["uni_keypoints_zero_init"] = dict(committed["uni_keypoints_zero_init"], PCK10=0.09)
+    text = om.render(record, committed)
+    pck_header = "| row | committed PCK@0.1 | PCK@0.05 | PCK@0.2 | other machine PCK@0.1 | PCK@0.05 | PCK@0.2 |"
+    pose_row = "| Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1) | 6.0 (1 run) | 1.5 (1 run) | 12.0 (1 run) | 7.0 ± 1.4 (2 runs) |"
+    assert pck_header in text and pose_row in text and text.index(pck_header) < text.index(pose_row)
+    assert "| HD, sibling 2-fc stacks (Table 6) | 10.0 (1 run) | 20.0 (1 run) | 5.0 (1 run) | 10.5 ± 0.7 (2 runs) |" in text
+    from unified_vision.engine.tables import welch_gap
+    g = welch_gap([6.0, 8.0], [5.0, 4.0])                                        # pose: Welch on PCK@0.1, two runs each side
+    assert (f"| Pose without task token (Table 2; PCK@0.1) − Pose, task token, task-aware initialisation (Tables 2, 3, 9; "
+            f"PCK@0.1) | -1.0 | -2.5 | [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}] | {g['p']:.3f} |") in text
+    assert "| Pose, zero initialisation (Table 3; PCK@0.1) − Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1) | +3.0 | +1.0 | – | – |" in text
+    assert "| HD, sibling 2-fc stacks (Table 6) − 2-fc head | -3.0 | -2.5 | " in text   # committed 10.0 - 13.0, here 10.5 - 13.0
+    assert "| UniHead without task token (Tables 2, 6) − HD, sibling 2-fc stacks (Table 6) |" not in text   # not a pair read
+    assert "HD + MHSA on the RoIAlign tokens (Table 6) |" not in text            # not trained here: no row, no difference
