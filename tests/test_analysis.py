@@ -261,3 +261,10 @@ def test_other_machine_comparison_reads_pose_rows_by_pck_and_table6_by_box_ap(tm
     assert "| HD, sibling 2-fc stacks (Table 6) − 2-fc head | -3.0 | -2.5 | " in text   # committed 10.0 - 13.0, here 10.5 - 13.0
     assert "| UniHead without task token (Tables 2, 6) − HD, sibling 2-fc stacks (Table 6) |" not in text   # not a pair read
     assert "HD + MHSA on the RoIAlign tokens (Table 6) |" not in text            # not trained here: no row, no difference
+
+
+def test_pck_reads_a_runs_experiment_and_seed_from_its_name():
+    assert pckmod.run_of("uni_keypoints_zero_init_seed2") == ("uni_keypoints_zero_init", 2)
+    assert pckmod.run_of("uni_keypoints_seed10") == ("uni_keypoints", 10)
+    assert pckmod.run_of("uni_keypoints") == ("uni_keypoints", None)
+    assert pckmod.run_of("uni_keypoints_seedless") == ("uni_keypoints_seedless", None)
