@@ -59,27 +59,37 @@ def run_of(name: str) -> tuple[str, int | None]:
     return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
+def config_of(name: str, configs: Path = ROOT / "configs") -> tuple[Path, int | None]:
+    """The resolved configuration of run `name` and the seed to put in it: the pipeline's own `configs/<name>.json` where
+    there is one (an experiment of params.yaml, whose name may itself end in `_seed<N>`: its seed stays), otherwise
+    that of `<experiment>` with seed N for a run `<experiment>_seed<N>` (same_results_on_cpu.py run --seed N)."""
+    own = configs / f"{name}.json"
+    if own.exists():
+        return own, None
+    experiment, seed = run_of(name)
+    return configs / f"{experiment}.json", seed
+
+
 def run_models(name: str, threads: int, runs: Path = ROOT / "runs"):
     "(trained results, untrained results, val dataset, train dataset) of run `name`, its checkpoint in `runs/<name>/model.pt`."
     import torch
     from unified_vision.core import DataError, seed_everything
     from unified_vision.engine.evaluate import predict
     from unified_vision.engine.experiment import build_dataset, initial_model, load_trained
-    experiment, seed = run_of(name)
-    cfg_path = ROOT / "configs" / f"{experiment}.json"
+    cfg_path, seed = config_of(name)
     if not cfg_path.exists():
         raise DataError(cfg_path, "resolved configuration not found", "run `dvc repro configs` (or name an experiment of params.yaml)")
     cfg = json.loads(cfg_path.read_text())
     if seed is not None:
         cfg["seed"] = seed
     if cfg.get("task") != "keypoints":
-        raise DataError(cfg_path, f"experiment '{experiment}' is a {cfg.get('task')} run, not a keypoints one", "name a pose experiment")
+        raise DataError(cfg_path, f"run '{name}' is a {cfg.get('task')} run, not a keypoints one", "name a pose experiment")
     torch.set_num_threads(threads)
     val = build_dataset(cfg, "val")
     div = lambda m: getattr(getattr(m, "neck", None), "size_divisible", 32)
     checkpoint = runs / name / "model.pt"
     if not checkpoint.exists():
-        raise DataError(checkpoint, "checkpoint not found", f"train the run first (`dvc repro train_unihead@{experiment}`, or "
+        raise DataError(checkpoint, "checkpoint not found", f"train the run first (`dvc repro train_unihead@{cfg_path.stem}`, or "
                         "`same_results_on_cpu.py run --keep DIR` and --runs DIR)")
     trained = load_trained(cfg, checkpoint, len(val.class_names))
     seed_everything(cfg.get("seed", 0))     # iteration 0 of the run, as the evaluation stage builds its untrained reference

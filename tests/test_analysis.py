@@ -268,3 +268,11 @@ def test_pck_reads_a_runs_experiment_and_seed_from_its_name():
     assert pckmod.run_of("uni_keypoints_seed10") == ("uni_keypoints", 10)
     assert pckmod.run_of("uni_keypoints") == ("uni_keypoints", None)
     assert pckmod.run_of("uni_keypoints_seedless") == ("uni_keypoints_seedless", None)
+
+
+def test_pck_prefers_the_pipelines_own_configuration_of_a_seed_named_run(tmp_path):
+    for name in ("uni_keypoints", "uni_keypoints_seed1"):             # the second: an experiment of params.yaml
+        (tmp_path / f"{name}.json").write_text("{}")
+    assert pckmod.config_of("uni_keypoints_seed1", tmp_path) == (tmp_path / "uni_keypoints_seed1.json", None)
+    assert pckmod.config_of("uni_keypoints_seed2", tmp_path) == (tmp_path / "uni_keypoints.json", 2)   # a kept run
+    assert pckmod.config_of("uni_keypoints", tmp_path) == (tmp_path / "uni_keypoints.json", None)
