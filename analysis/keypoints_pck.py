@@ -14,6 +14,10 @@ split, through the same `predict` the evaluation stage uses:
   does not;
 * the same mean layout in the ground-truth boxes (a perfect detector that knows nothing about pose).
 
+A second table (`box_fit`) shows how well each trained model's person boxes, the extent of its predicted keypoints,
+fit the ground-truth persons: the best-overlapping box of each person, its size against the person's, and how many
+keypoints are predicted and labelled visible (invisible keypoints get no L1 loss but still stretch the box).
+
 Each ground-truth person is matched to the highest-scoring predicted person of its image whose box overlaps it with
 IoU >= 0.5 (each prediction used once); an unmatched person counts all its visible keypoints as misses. The matching
 and PCK are the evaluation stage's (`unified_vision.engine.evaluate.keypoint_pck`, which reports PCK for every pose
@@ -51,6 +55,50 @@ def layout_in_box(layout: np.ndarray, box) -> np.ndarray:
     x, y, w, h = box
     xy = np.array([x + w / 2, y + h / 2]) + layout * np.array([w, h])
     return np.c_[xy, np.ones(len(xy))]
+
+
+def box_fit(gts: list[dict], preds: list[dict], images: int) -> dict:
+    """How well a pose run's person boxes (the extent of its 17 predicted keypoints) fit the ground-truth persons.
+
+    For each ground-truth person, its *best box* is the prediction of its image that overlaps it most, whatever its
+    score (none where the image has no prediction). Returns the predictions per image (of `images`), the median best IoU (0 for a person with
+    no box), the persons whose best IoU reaches 0.5 and 0.7, the median width and height of the best box over the
+    person's, and the share of predicted and of ground-truth keypoints that are visible (> 0.5 and > 0; predicted: None
+    for a head without the visibility token, whose keypoints all score sigmoid(0) = 0.5)."""
+    from pycocotools import mask as mask_utils
+    by_image = {}
+    for p in preds:
+        by_image.setdefault(p["image_id"], []).append(p)
+    best_iou, w_ratio, h_ratio = [], [], []
+    for g in gts:
+        cands = by_image.get(g["image_id"], [])
+        if not cands:
+            best_iou.append(0.0)
+            continue
+        ious = mask_utils.iou([p["bbox"] for p in cands], [g["bbox"]], [0])[:, 0]
+        i = int(ious.argmax())
+        best_iou.append(float(ious[i]))
+        w_ratio.append(cands[i]["bbox"][2] / g["bbox"][2])
+        h_ratio.append(cands[i]["bbox"][3] / g["bbox"][3])
+    scores = lambda rows: np.concatenate([np.asarray(r["keypoints"], float).reshape(-1, 3)[:, 2] for r in rows]) \
+        if rows else np.zeros(0)
+    pred, labelled = scores(preds), scores(gts)
+    no_head = len(pred) == 0 or bool((pred == 0.5).all())    # without T_visibility every keypoint scores sigmoid(0)
+    best_iou = np.asarray(best_iou)
+    return {"per_image": len(preds) / max(images, 1),
+            "median_iou": float(np.median(best_iou)) if len(best_iou) else float("nan"),
+            "iou50": int((best_iou >= 0.5).sum()), "iou70": int((best_iou >= 0.7).sum()), "persons": len(gts),
+            "w_ratio": float(np.median(w_ratio)) if w_ratio else float("nan"),
+            "h_ratio": float(np.median(h_ratio)) if h_ratio else float("nan"),
+            "pred_visible": None if no_head else float(np.mean(pred > 0.5)),
+            "gt_visible": float(np.mean(labelled > 0)) if len(labelled) else float("nan")}
+
+
+def box_fit_row(name: str, f: dict) -> str:
+    "One row of the person-box table."
+    return (f"| {name} | {f['per_image']:.1f} | {f['median_iou']:.2f} | {f['iou50']}/{f['persons']} | {f['iou70']}/{f['persons']} | "
+            f"{f['w_ratio']:.2f} | {f['h_ratio']:.2f} | "
+            + ("–" if f["pred_visible"] is None else f"{100 * f['pred_visible']:.0f}%") + f" | {100 * f['gt_visible']:.0f}% |")
 
 
 def run_of(name: str) -> tuple[str, int | None]:
@@ -119,6 +167,7 @@ def main():
              "predicted person box at IoU >= 0.5; 'PCK matched': over the matched persons only, which sets the keypoints "
              "against the box-only reference in the same boxes. See the script's docstring for the rows.", "",
              f"| experiment | prediction | matched | {header} |", "|---|---|---|" + "---|" * 2 * len(ALPHAS)]
+    boxes = []
     for exp in args.experiments:
         trained, fresh, val, train = run_models(exp, args.threads, args.runs)
         gts, layout = persons(val.coco), mean_keypoint_layout(train.coco, 17)
@@ -135,6 +184,16 @@ def main():
                                [f"{100 * pck(*zip(*hit), a):.1f}" if hit else "–" for a in ALPHAS])
             lines.append(f"| {exp} | {name} | {n}/{len(gts)} | {cells} |")
         print("\n".join(lines[-4:]), flush=True)
+        boxes.append(box_fit_row(exp, box_fit(gts, trained, len(val))))
+    lines += ["", "## The person boxes", "",
+              "For pose the person box is the extent of the 17 predicted keypoints (no box loss). For each ground-truth "
+              "person, its best box is the trained model's prediction that overlaps it most, whatever its score "
+              "(`box_fit`); the widths and heights are medians over the persons, over the person's own box. "
+              "'visible': the share of predicted keypoints with visibility > 0.5 (– for a head without the visibility token), "
+              "and of labelled ones.", "",
+              "| experiment | predictions / image | median best IoU | best IoU >= 0.5 | best IoU >= 0.7 | "
+              "best box width / person's | height / person's | predicted visible | labelled visible |",
+              "|---|---|---|---|---|---|---|---|---|", *boxes]
     out = (args.out or Path(__file__).with_name(f"keypoints_pck_{args.profile}.md")).resolve()
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -20,8 +20,9 @@ on the same machine: `same_results_on_cpu.py run --profile mini --keep DIR cls_r
 and, not †, the one-seed ablations of Tables 2 (no task token), 4 (K = 8, 24, 32, read against the seeds of K = 16, the
 class-token row) and 5 (L = 1 to 4, each read against the next), Table 6's module rows (HD, HD + MHSA on RoIAlign
 tokens, HD + DPL without MHSA, each read against the row the module is added to; the full row is Table 2's UniHead
-without task token), and the pose rows of Tables 2 and 3 (task token, zero initialisation), whose committed differences
-are about one seed's spread: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
+without task token), the pose rows of Tables 2 and 3 (task token, zero initialisation), and Table 7's one-stage pairs
+(ATSS and FCOS, each UniHead against the framework's own head), whose committed differences are about one seed's
+spread or less: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
 rows are read by PCK@0.1, not keypoint AP, which is about 0 for any model at `mini`'s person sizes
 (analysis/keypoints_oks_mini.md).
 
@@ -72,7 +73,8 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
              for b, label in [("resnet_deep", "ResNet (deeper)"), ("resnext", "ResNeXt"), ("resnext_dcn", "ResNeXt-DCN"),
                               ("swin_t", "Swin-T")]
              for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]},
-          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2 to 6.
+          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2 to 6, and
+          # Table 7's one-stage pairs.
           "UniHead without task token (Tables 2, 6)": "uni_faster_rcnn_no_token",
           **{f"UniHead, K = {k} (Table 4)": f"uni_faster_rcnn_k{k}" for k in (8, 24, 32)},
           **{f"UniHead, L = {n} (Table 5)": f"uni_faster_rcnn_l{n}" for n in (1, 2, 3, 4)},
@@ -81,7 +83,11 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
           "HD + DPL by deformable RoI pooling, no MHSA (Table 6)": "deform_pool_no_mhsa",
           "Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)": "uni_keypoints",
           "Pose without task token (Table 2; PCK@0.1)": "uni_keypoints_no_token",
-          "Pose, zero initialisation (Table 3; PCK@0.1)": "uni_keypoints_zero_init"}
+          "Pose, zero initialisation (Table 3; PCK@0.1)": "uni_keypoints_zero_init",
+          "ATSS, its own head (Table 7)": "baseline_atss",
+          "ATSS, UniHead (Table 7)": "uni_atss",
+          "FCOS, its own head (Table 7)": "baseline_fcos",
+          "FCOS, UniHead (Table 7)": "uni_fcos"}
 SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
                 ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule"),
                 ("2-fc head, 4x schedule, seed 0", "UniHead, class token, 4x schedule, seed 0"),
@@ -100,7 +106,9 @@ SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (
                 ("HD + MHSA on the RoIAlign tokens (Table 6)", "UniHead without task token (Tables 2, 6)"),
                 ("HD + DPL by deformable RoI pooling, no MHSA (Table 6)", "UniHead without task token (Tables 2, 6)"),
                 ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose without task token (Table 2; PCK@0.1)"),
-                ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose, zero initialisation (Table 3; PCK@0.1)")]
+                ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose, zero initialisation (Table 3; PCK@0.1)"),
+                ("ATSS, its own head (Table 7)", "ATSS, UniHead (Table 7)"),
+                ("FCOS, its own head (Table 7)", "FCOS, UniHead (Table 7)")]
 # Which metrics a row is read by: mask AP for the segmentation rows, PCK for the pose rows, box AP for every other row.
 METRICS = {"uni_seg": ("segm", COLUMNS), "uni_seg_zero_init": ("segm", COLUMNS),
            **{e: ("keypoints", PCK_COLUMNS) for e in ("uni_keypoints", "uni_keypoints_no_token", "uni_keypoints_zero_init")}}
@@ -193,8 +201,8 @@ def single_lines(runs: dict, committed: dict) -> list[str]:
     if not any(n in runs for n in SINGLE.values()):
         return []
     lines = ["", "One seed each in the tables (more on the other machine where a cell says how many runs it averages), current code: rows whose committed runs, or the runs they are compared with, are marked † "
-             "in `results/` (trained with older code and evaluated with the older score threshold), and the ablations of "
-             "Tables 2 to 6, whose differences are about one seed's spread. Box AP; mask AP or PCK@0.1 (pose: keypoint AP "
+             "in `results/` (trained with older code and evaluated with the older score threshold), the ablations of "
+             "Tables 2 to 6 and Table 7's one-stage pairs, whose differences are about one seed's spread. Box AP; mask AP or PCK@0.1 (pose: keypoint AP "
              "is about 0 at `mini`'s person sizes) where the row says so. Table 8's detectors start from classification backbones trained on each machine "
              "(on the other one by `same_results_on_cpu.py run --keep`, before the detectors)."]
     trained = [r for r in SINGLE if SINGLE[r] in runs]
@@ -252,7 +260,7 @@ def render(record: dict, committed: dict) -> str:
     other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
     runs = record["runs"]
     lines = [
-        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows and the ablations of Tables 2-6)",
+        "## UniHead against the 2-fc head on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows, the ablations of Tables 2-6 and Table 7's one-stage pairs)",
         "",
         f"Generated by `python analysis/unihead_1x_other_machine.py render` from `analysis/unihead_1x_other_machine_runs.json` "
         f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "

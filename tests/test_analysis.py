@@ -276,3 +276,22 @@ def test_pck_prefers_the_pipelines_own_configuration_of_a_seed_named_run(tmp_pat
     assert pckmod.config_of("uni_keypoints_seed1", tmp_path) == (tmp_path / "uni_keypoints_seed1.json", None)
     assert pckmod.config_of("uni_keypoints_seed2", tmp_path) == (tmp_path / "uni_keypoints.json", 2)   # a kept run
     assert pckmod.config_of("uni_keypoints", tmp_path) == (tmp_path / "uni_keypoints.json", None)
+
+
+def test_box_fit_takes_each_persons_best_overlap_whatever_its_score():
+    gts = [person(1, (0, 0, 10, 20), [[5, 5], [6, 6]]), person(2, (0, 0, 10, 10), [[5, 5], [6, 6]]),
+           person(3, (0, 0, 10, 10), [[5, 5], [6, 6]])]
+    gts[0]["keypoints"][5] = 0.0                                 # one of the six labelled keypoints not visible
+    exact = {"image_id": 1, "bbox": [0, 0, 10, 20], "score": 0.1, "keypoints": [0, 0, 0.9, 9, 9, 0.2]}
+    wide = {"image_id": 1, "bbox": [0, 0, 20, 20], "score": 0.9, "keypoints": [0, 0, 0.9, 9, 9, 0.9]}
+    half = {"image_id": 2, "bbox": [0, 0, 5, 10], "score": 0.5, "keypoints": [0, 0, 0.9, 9, 9, 0.9]}
+    f = pckmod.box_fit(gts, [exact, wide, half], images=4)
+    assert f["per_image"] == pytest.approx(0.75)
+    assert (f["iou50"], f["iou70"], f["persons"]) == (2, 1, 3)   # IoU 1 (the low-scoring exact box), 0.5, none
+    assert f["median_iou"] == pytest.approx(0.5)                 # of 1, 0.5 and 0 (image 3 has no prediction)
+    assert (f["w_ratio"], f["h_ratio"]) == (pytest.approx(0.75), 1.0)   # medians of widths (1, 0.5), heights (1, 1)
+    assert f["pred_visible"] == pytest.approx(5 / 6) and f["gt_visible"] == pytest.approx(5 / 6)
+    assert "| run | 0.8 | 0.50 | 2/3 | 1/3 | 0.75 | 1.00 | 83% | 83% |" == pckmod.box_fit_row("run", f)
+    blind = [dict(p, keypoints=[0, 0, 0.5, 9, 9, 0.5]) for p in (exact, wide, half)]   # no visibility token
+    g = pckmod.box_fit(gts, blind, images=4)
+    assert g["pred_visible"] is None and pckmod.box_fit_row("run", g).endswith("| – | 83% |")
