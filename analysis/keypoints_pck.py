@@ -18,6 +18,14 @@ A second table (`box_fit`) shows how well each trained model's person boxes, the
 fit the ground-truth persons: the best-overlapping box of each person, its size against the person's, and how many
 keypoints are predicted and labelled visible (invisible keypoints get no L1 loss but still stretch the box).
 
+A third table (`head_on_boxes`) gives the trained RoI head boxes instead of proposals: each validation person's own
+box, and that box moved by a fraction s of its width and height in a random direction (`shift_boxes`), as a misplaced
+proposal would be. It reports the head's person probability on the persons' own boxes (a classifier that learned
+nothing scores every box at the training RoIs' share of persons), and per shift the IoU of the RoI and of the head's
+box (the extent of its keypoints) with the person, the share of the RoI's centre offset the head's box undoes
+(`offset_undone`: 0 when its box stays centred on the RoI, 1 when it is centred on the person), and PCK@0.1 of the
+head's keypoints beside the mean layout in the same RoI (a head that ignores the image).
+
 Each ground-truth person is matched to the highest-scoring predicted person of its image whose box overlaps it with
 IoU >= 0.5 (each prediction used once); an unmatched person counts all its visible keypoints as misses. The matching
 and PCK are the evaluation stage's (`unified_vision.engine.evaluate.keypoint_pck`, which reports PCK for every pose
@@ -48,6 +56,7 @@ sys.path.insert(0, str(ROOT / "analysis"))
 from keypoints_oks_scale import persons  # noqa: E402  (the validation persons with keypoints)
 from unified_vision.engine.evaluate import match_people, pck  # noqa: E402  (the evaluation stage's PCK)
 ALPHAS = (0.05, 0.1, 0.2)
+SHIFTS = (0.0, 0.1, 0.2, 0.3)          # the moves of the given boxes, in units of their width and height
 
 
 def layout_in_box(layout: np.ndarray, box) -> np.ndarray:
@@ -92,6 +101,75 @@ def box_fit(gts: list[dict], preds: list[dict], images: int) -> dict:
             "h_ratio": float(np.median(h_ratio)) if h_ratio else float("nan"),
             "pred_visible": None if no_head else float(np.mean(pred > 0.5)),
             "gt_visible": float(np.mean(labelled > 0)) if len(labelled) else float("nan")}
+
+
+def shift_boxes(boxes, s: float, generator):
+    "xyxy `boxes` `[N, 4]` (a tensor), each moved by `s` x (its width x cos t, its height x sin t), t uniform per box."
+    import torch
+    t = torch.rand(len(boxes), generator=generator, dtype=boxes.dtype) * 2 * torch.pi
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return boxes + (torch.stack([t.cos(), t.sin()], 1) * s * wh).repeat(1, 2)
+
+
+def offset_undone(rois, preds, gts) -> float:
+    """The share of the RoIs' centre offsets from the persons' that the predicted boxes undo, over all boxes:
+    1 - sum |c(pred) - c(gt)| / sum |c(roi) - c(gt)| (xyxy `[N, 4]` arrays or tensors; nan when no RoI is off-centre)."""
+    centre = lambda b: (np.asarray(b, float)[:, :2] + np.asarray(b, float)[:, 2:]) / 2
+    off = np.linalg.norm(centre(rois) - centre(gts), axis=1).sum()
+    return float("nan") if off == 0 else float(1 - np.linalg.norm(centre(preds) - centre(gts), axis=1).sum() / off)
+
+
+def head_on_boxes(model, dataset, layout: np.ndarray, shifts=(0.0, 0.1, 0.2, 0.3), seed: int = 0) -> dict:
+    """A trained two-stage pose model's RoI head run on the validation persons' own boxes, moved by each of `shifts`
+    (see the module docstring): `{"prob": person probabilities on the own boxes, s: {roi_iou, box_iou, undone, pck,
+    layout_pck}}`."""
+    import torch
+    from torchvision.ops import box_iou
+    from unified_vision.data.coco import collate
+    from unified_vision.engine.evaluate import pck
+    model.eval()
+    head, div = model.stages[0].head, getattr(model.neck, "size_divisible", 32)
+    g = torch.Generator().manual_seed(seed)
+    probs, acc = [], {s: {"roi": [], "box": [], "gt": [], "gts": [], "kpts": [], "layout": []} for s in shifts}
+    with torch.no_grad():
+        for start in range(0, len(dataset), 8):
+            samples = [dataset[i] for i in range(start, min(start + 8, len(dataset)))]
+            targets = [s.target for s in samples]
+            if not any(len(t["boxes"]) for t in targets):
+                continue
+            batch = collate(samples, div)
+            feats = model.neck(batch.images)
+            gt, kp = torch.cat([t["boxes"] for t in targets]), torch.cat([t["keypoints"] for t in targets])
+            labels = torch.cat([t["labels"] for t in targets])
+            for s in shifts:
+                rois = [shift_boxes(t["boxes"], s, g) for t in targets]
+                out = head(feats, rois, batch.image_sizes)
+                if s == 0:
+                    probs += out["cls_logits"].softmax(-1).gather(1, labels[:, None])[:, 0].tolist()
+                a, r = acc[s], torch.cat(rois)
+                a["roi"].append(r); a["box"].append(out["boxes"]); a["gt"].append(gt)
+                a["gts"] += [{"keypoints": k.flatten().tolist(), "bbox": [*b[:2].tolist(), *(b[2:] - b[:2]).tolist()]}
+                             for k, b in zip(kp, gt)]
+                a["kpts"] += list(out["keypoints"].numpy())
+                a["layout"] += [layout_in_box(layout, [*b[:2].tolist(), *(b[2:] - b[:2]).tolist()]) for b in r]
+    res = {"prob": np.asarray(probs)}
+    for s, a in acc.items():
+        roi, box, gt = (torch.cat(a[k]) for k in ("roi", "box", "gt"))
+        res[s] = {"roi_iou": float(box_iou(roi, gt).diagonal().mean()), "box_iou": float(box_iou(box, gt).diagonal().mean()),
+                  "undone": offset_undone(roi, box, gt), "pck": pck(a["gts"], a["kpts"], 0.1),
+                  "layout_pck": pck(a["gts"], a["layout"], 0.1)}
+    return res
+
+
+def head_on_boxes_row(name: str, h: dict, shifts) -> str:
+    "One row of the table of the head on given boxes."
+    p = h["prob"]
+    cells = [f"{np.median(p):.3f} ({np.quantile(p, 0.1):.3f}-{np.quantile(p, 0.9):.3f})"]
+    for s in shifts:
+        r = h[s]
+        cells.append(f"{r['roi_iou']:.2f} → {r['box_iou']:.2f}" + ("" if s == 0 else f", {100 * r['undone']:.0f}%")
+                     + f", {100 * r['pck']:.1f} / {100 * r['layout_pck']:.1f}")
+    return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def box_fit_row(name: str, f: dict) -> str:
@@ -144,7 +222,7 @@ def run_models(name: str, threads: int, runs: Path = ROOT / "runs"):
     train = build_dataset(cfg, "train")
     fresh = initial_model(cfg, train)
     return (predict(trained, val, progress=False, size_divisible=div(trained)),
-            predict(fresh, val, progress=False, size_divisible=div(fresh)), val, train)
+            predict(fresh, val, progress=False, size_divisible=div(fresh)), val, train, trained)
 
 
 def main():
@@ -167,9 +245,9 @@ def main():
              "predicted person box at IoU >= 0.5; 'PCK matched': over the matched persons only, which sets the keypoints "
              "against the box-only reference in the same boxes. See the script's docstring for the rows.", "",
              f"| experiment | prediction | matched | {header} |", "|---|---|---|" + "---|" * 2 * len(ALPHAS)]
-    boxes = []
+    boxes, given = [], []
     for exp in args.experiments:
-        trained, fresh, val, train = run_models(exp, args.threads, args.runs)
+        trained, fresh, val, train, model = run_models(exp, args.threads, args.runs)
         gts, layout = persons(val.coco), mean_keypoint_layout(train.coco, 17)
         m_trained, m_fresh = match_people(gts, trained), match_people(gts, fresh)
         rows = [("trained", m_trained, [None if m is None else m["keypoints"] for m in m_trained]),
@@ -185,6 +263,7 @@ def main():
             lines.append(f"| {exp} | {name} | {n}/{len(gts)} | {cells} |")
         print("\n".join(lines[-4:]), flush=True)
         boxes.append(box_fit_row(exp, box_fit(gts, trained, len(val))))
+        given.append(head_on_boxes_row(exp, head_on_boxes(model, val, layout, SHIFTS), SHIFTS))
     lines += ["", "## The person boxes", "",
               "For pose the person box is the extent of the 17 predicted keypoints (no box loss). For each ground-truth "
               "person, its best box is the trained model's prediction that overlaps it most, whatever its score "
@@ -193,7 +272,15 @@ def main():
               "and of labelled ones.", "",
               "| experiment | predictions / image | median best IoU | best IoU >= 0.5 | best IoU >= 0.7 | "
               "best box width / person's | height / person's | predicted visible | labelled visible |",
-              "|---|---|---|---|---|---|---|---|---|", *boxes]
+              "|---|---|---|---|---|---|---|---|---|", *boxes,
+              "", "## The head on given boxes", "",
+              "The trained RoI head run on each validation person's own box and on that box moved by s x its width and "
+              "height in a random direction (`head_on_boxes`; the same directions for every run). 'person probability': "
+              "median (10th-90th percentile) on the persons' own boxes. Per shift: the RoI's mean IoU with the person → "
+              "the head's box's; the share of the RoIs' centre offsets its boxes undo; PCK@0.1 of its keypoints / of the "
+              "mean layout in the same RoI.", "",
+              "| experiment | person probability | " + " | ".join(f"s = {s:g}" for s in SHIFTS) + " |",
+              "|---|---|" + "---|" * len(SHIFTS), *given]
     out = (args.out or Path(__file__).with_name(f"keypoints_pck_{args.profile}.md")).resolve()
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -21,8 +21,8 @@ and, not †, the one-seed ablations of Tables 2 (no task token), 4 (K = 8, 24, 
 class-token row) and 5 (L = 1 to 4, each read against the next), Table 6's module rows (HD, HD + MHSA on RoIAlign
 tokens, HD + DPL without MHSA, each read against the row the module is added to; the full row is Table 2's UniHead
 without task token), the pose rows of Tables 2 and 3 (task token, zero initialisation), and Table 7's one-stage pairs
-(ATSS and FCOS, each UniHead against the framework's own head), whose committed differences are about one seed's
-spread or less: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
+(ATSS and FCOS, each UniHead against the framework's own head) and its Mask R-CNN pair (read by box AP and, as the
+paper prints it, by mask AP), whose committed differences are about one seed's spread or less, or one seed's: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
 rows are read by PCK@0.1, not keypoint AP, which is about 0 for any model at `mini`'s person sizes
 (analysis/keypoints_oks_mini.md).
 
@@ -87,7 +87,11 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
           "ATSS, its own head (Table 7)": "baseline_atss",
           "ATSS, UniHead (Table 7)": "uni_atss",
           "FCOS, its own head (Table 7)": "baseline_fcos",
-          "FCOS, UniHead (Table 7)": "uni_fcos"}
+          "FCOS, UniHead (Table 7)": "uni_fcos",
+          "Mask R-CNN, 2-fc box head (Table 7; box AP)": "baseline_mask_rcnn",
+          "Mask R-CNN, UniHead (mask) (Table 7; box AP)": "uni_mask_rcnn",
+          "Mask R-CNN, 2-fc box head (Table 7; mask AP)": "baseline_mask_rcnn",
+          "Mask R-CNN, UniHead (mask) (Table 7; mask AP)": "uni_mask_rcnn"}
 SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (Table 3)"),
                 ("2-fc head, 2x schedule", "UniHead, class token, 2x schedule"),
                 ("2-fc head, 4x schedule, seed 0", "UniHead, class token, 4x schedule, seed 0"),
@@ -108,10 +112,32 @@ SINGLE_DIFFS = [("UniHead, class token (paper)", "UniHead, zero initialisation (
                 ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose without task token (Table 2; PCK@0.1)"),
                 ("Pose, task token, task-aware initialisation (Tables 2, 3, 9; PCK@0.1)", "Pose, zero initialisation (Table 3; PCK@0.1)"),
                 ("ATSS, its own head (Table 7)", "ATSS, UniHead (Table 7)"),
-                ("FCOS, its own head (Table 7)", "FCOS, UniHead (Table 7)")]
+                ("FCOS, its own head (Table 7)", "FCOS, UniHead (Table 7)"),
+                ("Mask R-CNN, 2-fc box head (Table 7; box AP)", "Mask R-CNN, UniHead (mask) (Table 7; box AP)"),
+                ("Mask R-CNN, 2-fc box head (Table 7; mask AP)", "Mask R-CNN, UniHead (mask) (Table 7; mask AP)")]
 # Which metrics a row is read by: mask AP for the segmentation rows, PCK for the pose rows, box AP for every other row.
 METRICS = {"uni_seg": ("segm", COLUMNS), "uni_seg_zero_init": ("segm", COLUMNS),
            **{e: ("keypoints", PCK_COLUMNS) for e in ("uni_keypoints", "uni_keypoints_no_token", "uni_keypoints_zero_init")}}
+# Rows read by another metric than their experiment's own (METRICS): Mask R-CNN's pair is read by box AP and, as the
+# paper's Table 7 prints it, by mask AP. A run of such an experiment keeps those columns as `<prefix>_<column>`.
+ROW_PREFIX = {"Mask R-CNN, 2-fc box head (Table 7; mask AP)": "segm", "Mask R-CNN, UniHead (mask) (Table 7; mask AP)": "segm"}
+
+
+def extra_prefixes(experiment: str) -> list[str]:
+    "The metric prefixes that rows of `experiment` read besides its own (ROW_PREFIX)."
+    return sorted({ROW_PREFIX[r] for r, e in SINGLE.items() if e == experiment and r in ROW_PREFIX})
+
+
+def run_key(row: str, col: str) -> str:
+    "Where a run keeps row `row`'s column `col`: `col` for the experiment's own metric, `<prefix>_<col>` for another."
+    return col if row not in ROW_PREFIX else f"{ROW_PREFIX[row]}_{col}"
+
+
+def kept_columns(experiment: str, metrics: dict) -> dict:
+    "The columns a run of `experiment` keeps from its metrics file `metrics`: its own metric's, then the extra rows'."
+    cols = columns_of(experiment)
+    return {**{c: metrics.get(metric_key(experiment, c)) for c in cols},
+            **{f"{p}_{c}": metrics.get(f"{p}_{c}") for p in extra_prefixes(experiment) for c in cols}}
 
 
 def columns_of(experiment: str) -> tuple[str, ...]:
@@ -136,8 +162,7 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
                 continue
             if rec.get("profile") != "mini":
                 raise ValueError(f"{p}: run {name} is of profile {rec.get('profile')!r}; this comparison needs `--profile mini` runs")
-            runs[name] = {**{c: rec["metrics"].get(metric_key(experiment, c)) for c in columns_of(experiment)},
-                          "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
+            runs[name] = {**kept_columns(experiment, rec["metrics"]), "train_seconds": rec.get("train_seconds"), "weights": rec.get("weights")}
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
             "pretrain_md5": hashlib.md5(pretrain.read_bytes()).hexdigest(), "runs": runs}
 
@@ -164,7 +189,7 @@ def committed_metrics(metrics_dir: Path) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no committed metrics for {name}; run the pipeline's evaluate stage first")
         m = json.loads(path.read_text())
-        out[name] = {**{c: m.get(metric_key(name, c)) for c in columns_of(name)}, "dagger": _product_thresholded(metrics_dir, name)}
+        out[name] = {**kept_columns(name, m), "dagger": _product_thresholded(metrics_dir, name)}
     return out
 
 
@@ -183,7 +208,8 @@ def single_runs(experiment: str, runs: dict) -> list[str]:
 def values(runs: dict, row: str, col: str) -> list[float]:
     "The row's runs' values of `col` (x 100), skipping runs this machine has not got."
     names = ROWS[row] if row in ROWS else single_runs(SINGLE[row], runs)
-    return [100 * runs[n][col] for n in names if n in runs and runs[n].get(col) is not None]
+    key = run_key(row, col)
+    return [100 * runs[n][key] for n in names if n in runs and runs[n].get(key) is not None]
 
 
 def headline(row: str) -> str:

@@ -295,3 +295,50 @@ def test_box_fit_takes_each_persons_best_overlap_whatever_its_score():
     blind = [dict(p, keypoints=[0, 0, 0.5, 9, 9, 0.5]) for p in (exact, wide, half)]   # no visibility token
     g = pckmod.box_fit(gts, blind, images=4)
     assert g["pred_visible"] is None and pckmod.box_fit_row("run", g).endswith("| – | 83% |")
+
+
+def test_shifted_boxes_move_by_the_fraction_of_their_size_and_keep_it():
+    import torch
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 5.0, 9.0, 7.0]])
+    moved = pckmod.shift_boxes(boxes, 0.2, torch.Generator().manual_seed(0))
+    wh = boxes[:, 2:] - boxes[:, :2]
+    assert torch.allclose(moved[:, 2:] - moved[:, :2], wh)                      # size kept
+    d = (moved[:, :2] - boxes[:, :2]) / (0.2 * wh)                                # (cos t, sin t) per box
+    assert torch.allclose(d.norm(dim=1), torch.ones(2)) and not torch.allclose(d[0], d[1])
+    assert torch.equal(pckmod.shift_boxes(boxes, 0.0, torch.Generator()), boxes)
+
+
+def test_offset_undone_is_zero_on_the_roi_and_one_on_the_person():
+    gts = np.array([[0, 0, 10, 10], [0, 0, 20, 20]], float)
+    rois = gts + np.array([[2, 0, 2, 0], [0, 4, 0, 4]])                          # centres off by 2 and 4
+    assert pckmod.offset_undone(rois, rois, gts) == 0.0
+    assert pckmod.offset_undone(rois, gts, gts) == 1.0
+    half = gts + np.array([[1, 0, 1, 0], [0, 2, 0, 2]])
+    assert pckmod.offset_undone(rois, half, gts) == pytest.approx(0.5)
+    assert pckmod.offset_undone(rois, gts + np.array([[4, 0, 4, 0], [0, 8, 0, 8]]), gts) == pytest.approx(-1.0)   # moved the wrong way
+    assert np.isnan(pckmod.offset_undone(gts, rois, gts))                        # no RoI off-centre: nothing to undo
+
+
+def test_other_machine_comparison_reads_mask_rcnn_by_box_and_by_mask_ap(tmp_path):
+    spec = importlib.util.spec_from_file_location("other_machine", Path(__file__).parents[1] / "analysis" / "unihead_1x_other_machine.py")
+    om = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(om)
+    both = lambda box, mask: {"bbox_AP": box, "bbox_AP50": 2 * box, "bbox_AP75": box / 2,
+                              "segm_AP": mask, "segm_AP50": 3 * mask, "segm_AP75": mask / 3}
+    runs = {n: {"metrics": both(*v), "profile": "mini"} for n, v in
+            {"baseline_mask_rcnn": (0.15, 0.14), "baseline_mask_rcnn_seed1": (0.17, 0.12),
+             "uni_mask_rcnn": (0.08, 0.10), "uni_mask_rcnn_seed1": (0.10, 0.09)}.items()}
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    (tmp_path / "model.pt").write_bytes(b"checkpoint")
+    record = om.collect([tmp_path / "runs.json"], tmp_path / "model.pt")
+    kept = record["runs"]["uni_mask_rcnn_seed1"]
+    assert (kept["AP"], kept["segm_AP"], kept["segm_AP50"]) == (0.10, 0.09, 0.27) and "segm_AP" not in om.kept_columns("uni_atss", both(1, 2))
+    committed = {n: dict(r) for n, r in record["runs"].items() if "_seed" not in n}
+    text = om.render(record, committed)
+    assert "| Mask R-CNN, 2-fc box head (Table 7; box AP) | 15.0 (1 run) | 30.0 (1 run) | 7.5 (1 run) | 16.0 ± 1.4 (2 runs) |" in text
+    assert "| Mask R-CNN, 2-fc box head (Table 7; mask AP) | 14.0 (1 run) | 42.0 (1 run) | 4.7 (1 run) | 13.0 ± 1.4 (2 runs) |" in text
+    from unified_vision.engine.tables import welch_gap
+    for what, first, second, committed_diff in (("box", [15.0, 17.0], [8.0, 10.0], -7.0), ("mask", [14.0, 12.0], [10.0, 9.0], -4.0)):
+        g = welch_gap(first, second)                                             # each read by its own metric, Welch on it
+        assert (f"| Mask R-CNN, UniHead (mask) (Table 7; {what} AP) − Mask R-CNN, 2-fc box head (Table 7; {what} AP) | "
+                f"{committed_diff:+.1f} | {g['diff']:+.1f} | [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}] | {g['p']:.3f} |") in text
