@@ -119,14 +119,13 @@ def offset_undone(rois, preds, gts) -> float:
     return float("nan") if off == 0 else float(1 - np.linalg.norm(centre(preds) - centre(gts), axis=1).sum() / off)
 
 
-def head_on_boxes(model, dataset, layout: np.ndarray, shifts=(0.0, 0.1, 0.2, 0.3), seed: int = 0) -> dict:
+def head_on_boxes(model, dataset, layout: np.ndarray, shifts=SHIFTS, seed: int = 0) -> dict:
     """A trained two-stage pose model's RoI head run on the validation persons' own boxes, moved by each of `shifts`
     (see the module docstring): `{"prob": person probabilities on the own boxes, s: {roi_iou, box_iou, undone, pck,
     layout_pck}}`."""
     import torch
-    from torchvision.ops import box_iou
+    from torchvision.ops import box_convert, box_iou
     from unified_vision.data.coco import collate
-    from unified_vision.engine.evaluate import pck
     model.eval()
     head, div = model.stages[0].head, getattr(model.neck, "size_divisible", 32)
     g = torch.Generator().manual_seed(seed)
@@ -148,10 +147,9 @@ def head_on_boxes(model, dataset, layout: np.ndarray, shifts=(0.0, 0.1, 0.2, 0.3
                     probs += out["cls_logits"].softmax(-1).gather(1, labels[:, None])[:, 0].tolist()
                 a, r = acc[s], torch.cat(rois)
                 a["roi"].append(r); a["box"].append(out["boxes"]); a["gt"].append(gt)
-                a["gts"] += [{"keypoints": k.flatten().tolist(), "bbox": [*b[:2].tolist(), *(b[2:] - b[:2]).tolist()]}
-                             for k, b in zip(kp, gt)]
+                a["gts"] += [{"keypoints": k.flatten().tolist(), "bbox": b} for k, b in zip(kp, box_convert(gt, "xyxy", "xywh").tolist())]
                 a["kpts"] += list(out["keypoints"].numpy())
-                a["layout"] += [layout_in_box(layout, [*b[:2].tolist(), *(b[2:] - b[:2]).tolist()]) for b in r]
+                a["layout"] += [layout_in_box(layout, b) for b in box_convert(r, "xyxy", "xywh").tolist()]
     res = {"prob": np.asarray(probs)}
     for s, a in acc.items():
         roi, box, gt = (torch.cat(a[k]) for k in ("roi", "box", "gt"))

@@ -22,7 +22,8 @@ class-token row) and 5 (L = 1 to 4, each read against the next), Table 6's modul
 tokens, HD + DPL without MHSA, each read against the row the module is added to; the full row is Table 2's UniHead
 without task token), the pose rows of Tables 2 and 3 (task token, zero initialisation), and Table 7's one-stage pairs
 (ATSS and FCOS, each UniHead against the framework's own head) and its Mask R-CNN pair (read by box AP and, as the
-paper prints it, by mask AP), whose committed differences are about one seed's spread or less, or one seed's: more seeds of them there (`run --seed N`) say whether each step is more than noise. Pose
+paper prints it, by mask AP), each one seed in the tables: more seeds of them there (`run --seed N`) say whether each
+difference is more than noise. Pose
 rows are read by PCK@0.1, not keypoint AP, which is about 0 for any model at `mini`'s person sizes
 (analysis/keypoints_oks_mini.md).
 
@@ -73,7 +74,7 @@ SINGLE = {"UniHead, zero initialisation (Table 3)": "uni_faster_rcnn_zero_init",
              for b, label in [("resnet_deep", "ResNet (deeper)"), ("resnext", "ResNeXt"), ("resnext_dcn", "ResNeXt-DCN"),
                               ("swin_t", "Swin-T")]
              for head, suffix in [("2-fc head", ""), ("UniHead", "_unihead")]},
-          # Not †, but one seed each with differences of about one seed's spread: the ablations of Tables 2 to 6, and
+          # Not †, but one seed each: the ablations of Tables 2 to 6 (differences of about one seed's spread), and
           # Table 7's one-stage and Mask R-CNN pairs.
           "UniHead without task token (Tables 2, 6)": "uni_faster_rcnn_no_token",
           **{f"UniHead, K = {k} (Table 4)": f"uni_faster_rcnn_k{k}" for k in (8, 24, 32)},
