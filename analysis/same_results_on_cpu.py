@@ -12,7 +12,9 @@ code (or two settings of it) and compare the trained weights, the loss histories
 pretrained backbone of `runs/pretrain/model.pt`, the full schedule. `run --keep DIR` keeps each run in DIR/<experiment>/
 and reads a backbone `runs/<x>/model.pt` from DIR/<x>/model.pt where it trained one, so a chain such as `cls_resnext
 t8_resnext` trains its own classification backbone first without touching the pipeline's `runs/`; `run --seed N`
-runs the experiments with seed N (named `<experiment>_seedN`). `compare` writes analysis/same_results_on_cpu.md
+runs the experiments with seed N (named `<experiment>_seedN`); `run --set KEY=VALUE [--set ...] --tag T` trains a
+variant that params.yaml does not hold (e.g. `--set heads.unihead.dim=128 --tag dim128`), named `<experiment>_T`, for
+a probe. Each run's output holds its logged losses per step (`history`). `compare` writes analysis/same_results_on_cpu.md
 (or `--out`). Evaluation timings (`cost_infer_ms`) are left out of the comparison: they are never the same twice; the
 training time of each run is shown beside it, as information.
 """
@@ -42,11 +44,47 @@ def _kept_checkpoint(path, keep: Path | None):
     return str(kept) if kept.exists() else path
 
 
-def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None, seed: int | None = None) -> dict:
+def apply_settings(cfg: dict, settings: list[str]) -> dict:
+    """A copy of the resolved configuration `cfg` with `KEY=VALUE` settings applied (dotted keys, YAML values, e.g.
+    `heads.unihead.dim=128`): a variant that params.yaml does not hold, for a probe. Each key must already be in the
+    configuration, so that a misspelt one cannot train the unchanged experiment under a new name."""
+    import copy
+    import yaml
+    cfg = copy.deepcopy(cfg)
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep or not key:
+            sys.exit(f"same_results_on_cpu: --set {setting!r}: write KEY=VALUE, e.g. --set heads.unihead.dim=128")
+        *path, last = key.split(".")
+        node = cfg
+        for i, part in enumerate(path):
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                sys.exit(f"same_results_on_cpu: --set {setting!r}: '{'.'.join(path[:i + 1])}' is not a mapping of "
+                         f"{cfg['experiment']}'s configuration (see configs/{cfg['experiment']}.json)")
+        if last not in node:
+            sys.exit(f"same_results_on_cpu: --set {setting!r}: {cfg['experiment']}'s configuration has no key '{key}' "
+                     f"(see configs/{cfg['experiment']}.json for the keys)")
+        node[last] = yaml.safe_load(raw)
+    return cfg
+
+
+def loss_history(history: list[dict]) -> dict:
+    "A training history (one record per log step) as `{'step': [...], '<loss>': [...]}` for every logged loss."
+    keys = [k for k in (history[0] if history else {}) if k.startswith("loss")]
+    return {"step": [h["iteration"] for h in history], **{k: [h[k] for h in history] for k in keys}}
+
+
+def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None, seed: int | None = None,
+        settings: tuple[str, ...] = (), tag: str | None = None) -> dict:
     """Train and evaluate each experiment in turn. With `keep`, each run is kept in `keep/<experiment>/` and a later
     experiment's backbone checkpoint `runs/<x>/model.pt` is read from `keep/<x>/model.pt` where one was trained there
     (e.g. `cls_resnext t8_resnext`: the classification backbone, then the detector on it), never from the pipeline's.
-    With `seed`, every experiment runs with that seed instead of its own, under the name `<experiment>_seed<seed>`."""
+    With `seed`, every experiment runs with that seed instead of its own, under the name `<experiment>_seed<seed>`.
+    With `settings` (`KEY=VALUE`, see `apply_settings`), every experiment runs changed so, under the name
+    `<experiment>[_seed<seed>]_<tag>`."""
+    if settings and not tag:
+        sys.exit("same_results_on_cpu: --set needs --tag, the suffix that names the changed runs")
     sys.path.insert(0, os.getcwd())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import unified_vision
@@ -67,6 +105,8 @@ def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None,
         name = experiment
         if seed is not None:
             cfg["seed"], name = seed, f"{experiment}_seed{seed}"
+        if settings:
+            cfg, name = apply_settings(cfg, list(settings)), f"{name}_{tag}"
         if profile_name == "smoke":
             cfg["data"]["root"] = str(data)
             cfg["model"]["backbone"]["pretrained"] = False
@@ -85,7 +125,8 @@ def run(names: list[str], profile_name: str = "smoke", keep: Path | None = None,
         metrics = run_evaluation(cfg, run_dir / "model.pt", progress=False)
         metrics.pop("cost_infer_ms", None)
         out[name] = {"weights": weights_digest(trainer.model.state_dict()), "losses": [r["loss"] for r in trainer.history],
-                     "metrics": metrics, "profile": profile_name, "train_seconds": round(trainer.seconds, 1)}
+                     "metrics": metrics, "profile": profile_name, "train_seconds": round(trainer.seconds, 1),
+                     "history": loss_history(trainer.history), **({"settings": list(settings), "tag": tag} if settings else {})}
         print(name, out[name]["weights"], file=sys.stderr)
     return out
 
@@ -126,12 +167,15 @@ def main():
     r.add_argument("--profile", choices=["smoke", "mini"], default="smoke")
     r.add_argument("--seed", type=int, help="run every experiment with this seed, named <experiment>_seed<SEED>")
     r.add_argument("--keep", type=Path, help="keep each run in KEEP/<experiment>/; backbones trained there are used by later experiments")
+    r.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the resolved configuration (dotted key, YAML value; repeatable), e.g. heads.unihead.dim=128")
+    r.add_argument("--tag", help="with --set: the runs are named <experiment>[_seed<N>]_<TAG>")
     c = sub.add_parser("compare"); c.add_argument("old"); c.add_argument("new")
     c.add_argument("--old-label", default="the old code"); c.add_argument("--new-label", default="the new code")
     c.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
     args = p.parse_args()
     if args.cmd == "run":
-        print(json.dumps(run(args.experiments, args.profile, args.keep, args.seed), sort_keys=True))
+        print(json.dumps(run(args.experiments, args.profile, args.keep, args.seed, tuple(args.settings), args.tag), sort_keys=True))
     else:
         text = compare(json.loads(Path(args.old).read_text()), json.loads(Path(args.new).read_text()),
                        args.old_label, args.new_label)

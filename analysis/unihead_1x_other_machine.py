@@ -7,7 +7,7 @@ samples of the whole chain, pretraining included. Do the gaps between the heads 
     # on the other machine, with its own `dvc repro pretrain` (runs/pretrain/model.pt):
     python analysis/same_results_on_cpu.py run --profile mini EXPERIMENT ... > runs.json
     python analysis/unihead_1x_other_machine.py collect runs.json [more.json ...] --out analysis/unihead_1x_other_machine_runs.json
-    # later runs on the same machine, from the same pretraining, added to that record:
+    # later runs from the same pretraining (same machine, or a CPU model that pretrains it bit for bit), added to it:
     python analysis/unihead_1x_other_machine.py collect more_runs.json --add
     # anywhere:
     python analysis/unihead_1x_other_machine.py render analysis/unihead_1x_other_machine_runs.json
@@ -168,15 +168,37 @@ def collect(paths: list[Path], pretrain: Path) -> dict:
             "pretrain_md5": hashlib.md5(pretrain.read_bytes()).hexdigest(), "runs": runs}
 
 
+def same_cpu_model(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("model name", "cpu family", "model"))
+
+
 def merge(old: dict, new: dict, where: str = "the record") -> dict:
-    """`new`'s runs added to the record `old` (new runs win), if both come from the same CPU model and the same
-    pretraining checkpoint: runs from another checkpoint are another sample and would blur the seeds' spread."""
-    same_cpu = all(old["cpu"].get(k) == new["cpu"].get(k) for k in ("model name", "cpu family", "model"))
-    if old["pretrain_md5"] != new["pretrain_md5"] or not same_cpu:
+    """`new`'s runs added to the record `old` (new runs win), if both start from the same pretraining checkpoint: runs
+    from another checkpoint are another sample and would blur the seeds' spread. Another CPU model that pretrained the
+    same checkpoint bit for bit runs the same kernels (analysis/determinism_probe.md); its runs are listed under
+    `more_cpus`, and a run it trained again must have the record's weights, bit for bit, or nothing is added."""
+    if old["pretrain_md5"] != new["pretrain_md5"]:
         raise ValueError(f"{where}: its runs come from pretrain md5 {old['pretrain_md5'][:8]}… on {old['cpu'].get('model name')}, "
                          f"these from {new['pretrain_md5'][:8]}… on {new['cpu'].get('model name')}; write them to a "
                          "record of their own (--out) instead of adding them")
-    return {**new, "runs": {**old["runs"], **new["runs"]}}
+    for name, run in new["runs"].items():
+        before = old["runs"].get(name, {}).get("weights")
+        if before and run.get("weights") and before != run["weights"]:
+            raise ValueError(f"{where}: run {name} trained again gives weights {run['weights']}, the record's are {before}: "
+                             "this machine does not compute what the record's did; write its runs to a record of their own (--out)")
+    merged = {**old, "runs": {**old["runs"], **new["runs"]}}
+    if same_cpu_model(old["cpu"], new["cpu"]):
+        return {**merged, "date": new["date"]}
+    more = [dict(m) for m in old.get("more_cpus", [])]
+    entry = next((m for m in more if same_cpu_model(m["cpu"], new["cpu"])), None)
+    if entry is None:
+        entry = {"cpu": new["cpu"], "runs": []}
+        more.append(entry)
+    entry["runs"] = sorted(set(entry["runs"]) | set(new["runs"]))
+    again = {n for n, r in new["runs"].items() if r.get("weights") and old["runs"].get(n, {}).get("weights") == r["weights"]}
+    entry["same_weights"] = sorted(set(entry.get("same_weights", [])) | again)
+    entry["date"] = new["date"]
+    return {**merged, "more_cpus": more}
 
 
 def committed_metrics(metrics_dir: Path) -> dict:
@@ -285,6 +307,12 @@ def gap_cells(runs: dict, first: str, second: str) -> list[str]:
 def render(record: dict, committed: dict) -> str:
     cpu = record["cpu"]
     other = f"{cpu.get('model name')} (family {cpu.get('cpu family')}, model {cpu.get('model')})"
+    more = ""
+    for m in record.get("more_cpus", []):
+        more += (f" {len(m['runs'])} of the runs ({', '.join(m['runs'])}; {m['date']}) ran on model {m['cpu'].get('model')}, "
+                 "which pretrained the same checkpoint bit for bit" + (
+                     f" and trained {', '.join(m['same_weights'])} again to the record's weights, bit for bit."
+                     if m.get("same_weights") else "."))
     runs = record["runs"]
     lines = [
         "## UniHead against the 2-fc head and the frameworks' own heads on another machine, from another pretraining (`mini`; 1x seeds 0-2 in Faster R-CNN, one-seed † rows, the ablations of Tables 2-6 and Table 7's one-stage and Mask R-CNN pairs)",
@@ -293,7 +321,7 @@ def render(record: dict, committed: dict) -> str:
         f"(runs collected {record['date']}). *Committed*: the pipeline's runs (`metrics/`, AMD EPYC, all from the `pretrain` "
         f"checkpoint of md5 b365…; `results/unihead_noise.md`). *Other machine*: the same experiments, same code path and "
         f"schedule, trained by `analysis/same_results_on_cpu.py run --profile mini` on {other}, from that machine's own "
-        f"pretraining (md5 {record['pretrain_md5'][:4]}…, a different checkpoint: analysis/determinism_probe.md). "
+        f"pretraining (md5 {record['pretrain_md5'][:4]}…, a different checkpoint: analysis/determinism_probe.md).{more} "
         "Mean ± sample standard deviation over seeds 0-2.",
         "",
         "| head | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 | other machine: training s per run |",
@@ -322,7 +350,7 @@ def main():
     c = sub.add_parser("collect"); c.add_argument("runs", nargs="+", type=Path)
     c.add_argument("--pretrain", type=Path, default=ROOT / "runs/pretrain/model.pt")
     c.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine_runs.json")
-    c.add_argument("--add", action="store_true", help="add the runs to the record already at --out (same CPU model and pretraining only)")
+    c.add_argument("--add", action="store_true", help="add the runs to the record already at --out (same pretraining only)")
     r = sub.add_parser("render"); r.add_argument("record", type=Path, nargs="?", default=HERE / "unihead_1x_other_machine_runs.json")
     r.add_argument("--metrics", type=Path, default=ROOT / "metrics")
     r.add_argument("--out", type=Path, default=HERE / "unihead_1x_other_machine.md")

@@ -148,6 +148,23 @@ def test_same_results_verdict_and_training_time_columns():
     assert "Verdict: **NOT identical**" in text and "| same | **different** | same | - | - | - |" in text
 
 
+def test_same_results_settings_change_existing_keys_only():
+    spec = importlib.util.spec_from_file_location("same_results", Path(__file__).parents[1] / "analysis" / "same_results_on_cpu.py")
+    same = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same)
+    cfg = {"experiment": "uni", "heads": {"unihead": {"dim": 64, "cls_input": "token"}}, "seed": 0}
+    wide = same.apply_settings(cfg, ["heads.unihead.dim=128", "heads.unihead.cls_input=all"])
+    assert wide["heads"]["unihead"] == {"dim": 128, "cls_input": "all"} and cfg["heads"]["unihead"]["dim"] == 64   # a copy
+    for bad, says in (("heads.unihead.dimm=128", "no key 'heads.unihead.dimm'"), ("seed.x=1", "'seed' is not a mapping"),
+                      ("heads.unihead.dim", "write KEY=VALUE")):
+        with pytest.raises(SystemExit, match=says):
+            same.apply_settings(cfg, [bad])
+    with pytest.raises(SystemExit, match="--set needs --tag"):
+        same.run(["uni"], settings=("heads.unihead.dim=128",))
+    hist = same.loss_history([{"iteration": 20, "loss": 1.0, "loss_cls": 0.6, "lr": 0.1}, {"iteration": 40, "loss": 0.8, "loss_cls": 0.5, "lr": 0.1}])
+    assert hist == {"step": [20, 40], "loss": [1.0, 0.8], "loss_cls": [0.6, 0.5]}
+
+
 def test_same_results_run_reads_backbones_it_kept(tmp_path):
     spec = importlib.util.spec_from_file_location("same_results", Path(__file__).parents[1] / "analysis" / "same_results_on_cpu.py")
     same = importlib.util.module_from_spec(spec)
@@ -220,8 +237,18 @@ def test_other_machine_comparison_collects_and_renders_the_gaps(tmp_path):
     assert merged["runs"]["baseline_faster_rcnn"] == record["runs"]["baseline_faster_rcnn"]
     with pytest.raises(ValueError, match="pretrain md5 .* record of their own"):          # another checkpoint: another sample
         om.merge(record, dict(later, pretrain_md5="b365" + "0" * 28), "runs.json")
-    with pytest.raises(ValueError, match="record of their own"):
-        om.merge(record, dict(later, cpu=dict(record["cpu"], model="1")))
+    elsewhere = om.merge(record, dict(later, cpu=dict(record["cpu"], model="1"), date="2026-12-06"))   # same checkpoint
+    assert elsewhere["cpu"] == record["cpu"] and elsewhere["runs"]["uni_faster_rcnn_2x"] == {"AP": 0.16}
+    assert elsewhere["more_cpus"] == [{"cpu": dict(record["cpu"], model="1"), "runs": ["uni_faster_rcnn", "uni_faster_rcnn_2x"],
+                                       "same_weights": [], "date": "2026-12-06"}]
+    assert "2 of the runs (uni_faster_rcnn, uni_faster_rcnn_2x; 2026-12-06) ran on model 1" in om.render(elsewhere, committed)
+    weighed = dict(record, runs={"baseline_faster_rcnn": dict(record["runs"]["baseline_faster_rcnn"], weights="aaaa")})
+    assert om.merge(weighed, weighed)["runs"] == weighed["runs"]                      # the same weights again: fine
+    again = om.merge(weighed, dict(weighed, cpu=dict(record["cpu"], model="1"), date="2026-12-06"))
+    assert again["more_cpus"][0]["same_weights"] == ["baseline_faster_rcnn"]
+    assert "trained baseline_faster_rcnn again to the record's weights, bit for bit." in om.render(again, committed)
+    with pytest.raises(ValueError, match="baseline_faster_rcnn trained again gives weights bbbb, the record's are aaaa"):
+        om.merge(weighed, dict(weighed, runs={"baseline_faster_rcnn": {"weights": "bbbb"}}, cpu=dict(record["cpu"], model="1")))
     runs["baseline_faster_rcnn"]["profile"] = "smoke"
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     with pytest.raises(ValueError, match="--profile mini"):
@@ -342,3 +369,76 @@ def test_other_machine_comparison_reads_mask_rcnn_by_box_and_by_mask_ap(tmp_path
         g = welch_gap(first, second)                                             # each read by its own metric, Welch on it
         assert (f"| Mask R-CNN, UniHead (mask) (Table 7; {what} AP) − Mask R-CNN, 2-fc box head (Table 7; {what} AP) | "
                 f"{committed_diff:+.1f} | {g['diff']:+.1f} | [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}] | {g['p']:.3f} |") in text
+
+
+def _cls_loss_module():
+    spec = importlib.util.spec_from_file_location("cls_loss", Path(__file__).parents[1] / "analysis" / "unihead_cls_loss.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cls_loss_windows_and_running_mean():
+    cl = _cls_loss_module()
+    steps, values = np.arange(20, 220, 20), np.arange(10, dtype=float)          # 10 logs, the last at step 200
+    assert cl.window_mean(steps, values, 0.0, 0.25) == pytest.approx(0.5)      # steps 20 and 40 (0.1, 0.2 of the schedule)
+    assert cl.window_mean(steps, values, 0.9, 1.0) == pytest.approx(8.5)        # steps 180 and 200: the last one counts
+    with pytest.raises(ValueError, match="no logged step"):
+        cl.window_mean(steps, values, 0.0, 0.1)                                 # the first log is at 0.1: [0, 0.1) is empty
+    np.testing.assert_allclose(cl.running_mean(np.array([2.0, 4.0, 6.0, 8.0]), 2), [2.0, 3.0, 5.0, 7.0])   # trailing
+
+
+def test_cls_loss_reads_seed_logs_and_renders_the_gaps(tmp_path):
+    cl = _cls_loss_module()
+    logs, metrics = tmp_path / "logs", tmp_path / "metrics"
+    metrics.mkdir()
+    level = {cl.HEADS[0]: 0.3, cl.HEADS[1]: 0.4, cl.HEADS[2]: 0.3}
+    for sched, heads in cl.GROUPS.items():
+        for head, (experiment, seeds) in heads.items():
+            for i, run in enumerate(cl.seed_runs(experiment, seeds)):
+                d = logs / run / "plots" / "metrics" / "train"
+                d.mkdir(parents=True)
+                for loss in ("loss_cls", "loss_box"):
+                    rows = "".join(f"{s}\t{level[head] + 0.01 * i}\n" for s in range(20, 420, 20))
+                    (d / f"{loss}.tsv").write_text(f"step\t{loss}\n" + rows)
+                (metrics / f"{run}.json").write_text(json.dumps({"bbox_AP": 0.1 + 0.01 * i}))
+    data = cl.gather(logs, metrics)
+    assert data["4x"][cl.HEADS[1]]["runs"][-1] == "uni_faster_rcnn_4x_seed3" and data["1x"][cl.HEADS[0]]["loss_box"] is None
+    text = cl.render(data, "f.png")
+    assert f"| {cl.HEADS[1]} − {cl.HEADS[2]} | last 10% | +0.100 |" in text     # class token 0.1 above, seed for seed
+    assert "| UniHead, class token (paper) | 3 | 11.0 ± 1.0 | 0.410 ± 0.010 |" in text
+    (logs / "uni_faster_rcnn_seed2" / "plots" / "metrics" / "train" / "loss_cls.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dvc repro train@uni_faster_rcnn_seed2"):
+        cl.gather(logs, metrics)
+    with pytest.raises(ValueError, match="logged other steps"):
+        cl.stack_seeds([(np.array([20, 40]), np.zeros(2)), (np.array([20, 60]), np.zeros(2))], ["a", "b"])
+
+
+def test_cls_loss_names_what_the_class_fc_reads_and_sorts_by_it():
+    cl = _cls_loss_module()
+    uni = lambda **kw: {"head": "unihead", "heads": {"unihead": kw}}
+    assert cl.class_input({"framework": "faster_rcnn", "heads": {"two_fc": {}}}) == "RoI grid (7 x 7 RoIAlign)"
+    assert cl.class_input(uni()) == "class token" and cl.class_input(uni(cls_input="all")) == "all K + 1 tokens"
+    assert cl.class_input(uni(attention=False, cls_input="token")) == "all K tokens, no attention"   # no token to pool into
+    row = lambda label, reads, last: {"label": label, "reads": reads, "AP": 5.0, "dagger": label == "b",
+                                      "loss_cls": {"first 10%": 0.6, "middle 10%": 0.5, "last 10%": last}}
+    text = cl.render_one_seed([row("a", "class token", 0.45), row("b", "class token", 0.40), row("c", "all K + 1 tokens", 0.5)])
+    assert text.index("| c |") < text.index("| b |") < text.index("| a |")       # by input, then by the last loss
+    assert "| b | class token | 5.0 † |" in text and "class FC on class token: 2 run(s), loss_cls in the last 10% 0.400 to 0.450" in text
+
+
+def test_cls_loss_probes_read_their_experiment_and_settings(tmp_path):
+    cl = _cls_loss_module()
+    assert cl.probe_experiment("uni_faster_rcnn_clsall_seed1_dim128", "dim128") == "uni_faster_rcnn_clsall"
+    assert cl.probe_experiment("uni_faster_rcnn_l3_seed2", None) == "uni_faster_rcnn_l3"
+    with pytest.raises(ValueError, match="does not end in its tag"):
+        cl.probe_experiment("uni_faster_rcnn_dim128", "wide")
+    (tmp_path / "uni.json").write_text(json.dumps({"experiment": "uni", "head": "unihead", "heads": {"unihead": {"dim": 64}}}))
+    steps = list(range(20, 420, 20))
+    run = lambda level, settings, tag: {"steps": steps, "loss_cls": [level] * 20, "loss_box": [0.3] * 20, "AP": 7.0,
+                                        "settings": settings, "tag": tag, "cpu": {"model": "207"}, "pretrain_md5": "ec8c" + "0" * 28}
+    text = cl.render_probes({"uni_seed2": run(0.4, [], None), "uni_dim128": run(0.3, ["heads.unihead.dim=128"], "dim128")}, tmp_path)
+    assert "| uni_seed2 | class token | 64 | 7.0 | 0.400 | 0.400 | 0.400 | 0.300 | model 207, ec8c… |" in text
+    assert "| uni_dim128 | class token | 128 | 7.0 | 0.300 |" in text
+    assert text.index("| uni_seed2 |") < text.index("| uni_dim128 |")           # by input, then width
+    assert cl.render_probes({}, tmp_path) == ""
