@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
+import re
 import statistics
 import sys
 import time
@@ -105,7 +108,6 @@ def stack_seeds(curves: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -
 
 
 def box_ap(metrics: Path, run: str) -> float:
-    import json
     path = metrics / f"{run}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics for run {run!r}; evaluate it with `dvc repro evaluate@{run}`")
@@ -135,7 +137,6 @@ def one_seed_rows(logs: Path, metrics: Path, configs: Path) -> list[dict]:
         path = configs / f"{run}.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no configuration of run {run!r}; write it with `dvc repro configs`")
-        import json
         steps, cls = read_curve(logs, run, "loss_cls")
         rows.append({"label": label, "run": run, "reads": class_input(json.loads(path.read_text())),
                      "AP": box_ap(metrics, run), "dagger": _product_thresholded(metrics, run),
@@ -145,7 +146,6 @@ def one_seed_rows(logs: Path, metrics: Path, configs: Path) -> list[dict]:
 
 def probe_runs(paths: list[Path], pretrain: Path) -> dict:
     "Runs of `same_results_on_cpu.py run` outputs as record entries: the losses and box AP, where and from what they trained."
-    import hashlib
     sys.path.insert(0, str(HERE))
     from determinism_probe import cpu_description
     if not pretrain.exists():
@@ -153,7 +153,6 @@ def probe_runs(paths: list[Path], pretrain: Path) -> dict:
     md5 = hashlib.md5(pretrain.read_bytes()).hexdigest()
     out = {}
     for path in paths:
-        import json
         for name, run in json.loads(path.read_text()).items():
             hist = run.get("history")
             if not hist or "loss_cls" not in hist:
@@ -168,7 +167,6 @@ def probe_runs(paths: list[Path], pretrain: Path) -> dict:
 
 def probe_experiment(name: str, tag: str | None) -> str:
     "The experiment of a probe run `<experiment>[_seed<N>][_<tag>]`."
-    import re
     if tag:
         if not name.endswith(f"_{tag}"):
             raise ValueError(f"probe run {name!r} does not end in its tag '_{tag}'")
@@ -178,16 +176,13 @@ def probe_experiment(name: str, tag: str | None) -> str:
 
 def probe_config(name: str, settings: list[str], tag: str | None, configs: Path) -> dict:
     "The configuration a probe run trained with: its experiment's (configs/<experiment>.json) with its settings applied."
-    import importlib.util
-    import json
     experiment = probe_experiment(name, tag)
     path = configs / f"{experiment}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no configuration for probe run {name!r}; `dvc repro configs`")
-    spec = importlib.util.spec_from_file_location("same_results_on_cpu", HERE / "same_results_on_cpu.py")
-    same = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(same)
-    return same.apply_settings(json.loads(path.read_text()), settings)
+    sys.path.insert(0, str(HERE))
+    from same_results_on_cpu import apply_settings
+    return apply_settings(json.loads(path.read_text()), settings)
 
 
 def render_probes(record: dict, configs: Path) -> str:
@@ -315,7 +310,6 @@ def main():
     ap.add_argument("--pretrain", type=Path, default=ROOT / "runs" / "pretrain" / "model.pt",
                     help="with --add: the backbone checkpoint the runs started from")
     args = ap.parse_args()
-    import json
     record = json.loads(args.record.read_text()) if args.record.exists() else {}
     if args.add:
         record.update(probe_runs(args.add, args.pretrain))
