@@ -20,6 +20,10 @@ md5 of the `runs/pretrain/model.pt` they started from, before the tables are wri
 
     python analysis/unihead_cls_loss.py --add /tmp/uni_faster_rcnn_dim128.json
 
+A variant probed with several seeds (e.g. `--set heads.unihead.cls_input=mean --tag mean` with `--seed 0`, 1 and 2)
+gets a row over its seeds, with Welch's test of its box AP against the 2-fc head and both UniHeads of
+analysis/unihead_1x_other_machine_runs.json (seeds 0-2 there) where those started from the same pretrain checkpoint.
+
 Reads logs/<run>/plots/metrics/train/<loss>.tsv (dvclive, one value every `log_every` steps: the loss of that step's
 batch) and metrics/<run>.json for the box AP, for each head, schedule and seed of GROUPS.
 """
@@ -125,7 +129,7 @@ def class_input(config: dict) -> str:
     head = config["heads"]["unihead"]
     if not head.get("attention", True):
         return "all K tokens, no attention"
-    return "all K + 1 tokens" if head.get("cls_input", "token") == "all" else "class token"
+    return {"all": "all K + 1 tokens", "mean": "mean of the K point tokens"}.get(head.get("cls_input", "token"), "class token")
 
 
 def one_seed_rows(logs: Path, metrics: Path, configs: Path) -> list[dict]:
@@ -208,6 +212,57 @@ def render_probes(record: dict, configs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The other-machine record's several-seed 1x runs that a probe group is set against (same pretrain only)
+REFERENCES = (("2-fc head", "baseline_faster_rcnn"), ("class token", "uni_faster_rcnn"), ("all K + 1 tokens", "uni_faster_rcnn_clsall"))
+
+
+def probe_groups(record: dict) -> dict:
+    "(experiment, tag) -> {seed: run} of the probes, a group per variant; a run without `_seed<N>` is seed 0."
+    groups = {}
+    for name, r in record.items():
+        stem = name[: -len(r["tag"]) - 1] if r.get("tag") else name
+        seed = re.search(r"_seed(\d+)$", stem)
+        groups.setdefault((probe_experiment(name, r.get("tag")), r.get("tag")), {})[int(seed.group(1)) if seed else 0] = r
+    return groups
+
+
+def render_probe_groups(record: dict, other: dict | None) -> str:
+    """Probe variants trained with several seeds: box AP and loss_cls (last 10%) over the seeds, and Welch's test of
+    their box AP against the other-machine record's 1x runs of the 2-fc head and both UniHeads (seeds 0-2 there),
+    where those started from the same pretrain checkpoint."""
+    sys.path.insert(0, str(ROOT))
+    from unified_vision.engine.tables import welch_gap
+    groups = {k: g for k, g in probe_groups(record).items() if len(g) > 1}
+    if not groups:
+        return ""
+    md5s = {r["pretrain_md5"] for g in groups.values() for r in g.values()}
+    refs = {}
+    if other and md5s == {other.get("pretrain_md5")}:
+        for label, experiment in REFERENCES:
+            runs = [other["runs"].get(n) for n in seed_runs(experiment, 3)]
+            if all(runs):
+                refs[label] = [100 * r["AP"] for r in runs]
+    lines = ["### Probe variants with several seeds", "",
+             "Box AP and `loss_cls` (last 10%) over the seeds of each variant; beside them Welch's test of the box AP "
+             "(variant minus reference) against the runs of analysis/unihead_1x_other_machine_runs.json that started "
+             "from the same pretrain checkpoint (seeds 0-2 each: "
+             + (", ".join(f"{label} {statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" for label, v in refs.items()) or
+                "none with these runs' checkpoint") + ").", "",
+             "| variant | seeds | box AP | loss_cls, last 10% | " + " | ".join(f"− {label}: diff [95% CI], p" for label in refs) + " |",
+             "|---|---|---|---|" + "---|" * len(refs)]
+    for (experiment, tag), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        ap = [runs[s]["AP"] for s in sorted(runs)]
+        loss = [window_mean(np.asarray(runs[s]["steps"]), np.asarray(runs[s]["loss_cls"]), *WINDOWS["last 10%"]) for s in sorted(runs)]
+        cells = []
+        for ref in refs.values():
+            g = welch_gap(ref, ap)
+            p = "< 0.001" if g["p"] < 0.001 else f"{g['p']:.3f}"
+            cells.append(f"{g['diff']:+.1f} [{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}], {p}")
+        name = experiment + (f" ({tag})" if tag else "")
+        lines.append(f"| {name} | {', '.join(map(str, sorted(runs)))} | {mean_std(ap, 1)} | {mean_std(loss)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def gather(logs: Path, metrics: Path) -> dict:
     "schedule -> head -> runs, steps, loss_cls and loss_box per seed (None for the 2-fc head's box loss), box AP per seed."
     out = {}
@@ -264,7 +319,7 @@ def render_one_seed(rows: list[dict]) -> str:
              "loss does not depend on. Sorted by the class FC's input, then by `loss_cls` in the last 10%.", "",
              "| head | class FC reads | box AP | " + " | ".join(f"loss_cls, {w}" for w in WINDOWS) + " |",
              "|---|---|---|" + "---|" * len(WINDOWS)]
-    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", "all K + 1 tokens", "class token")
+    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", "all K + 1 tokens", "mean of the K point tokens", "class token")
     for r in sorted(rows, key=lambda r: (order.index(r["reads"]), r["loss_cls"]["last 10%"])):
         ap = f"{r['AP']:.1f}" + (" †" if r["dagger"] else "")
         lines.append(f"| {r['label']} | {r['reads']} | {ap} | " + " | ".join(f"{r['loss_cls'][w]:.3f}" for w in WINDOWS) + " |")
@@ -309,6 +364,8 @@ def main():
                     help="same_results_on_cpu.py run outputs to merge into the record first")
     ap.add_argument("--pretrain", type=Path, default=ROOT / "runs" / "pretrain" / "model.pt",
                     help="with --add: the backbone checkpoint the runs started from")
+    ap.add_argument("--other", type=Path, default=HERE / "unihead_1x_other_machine_runs.json",
+                    help="the other-machine runs that several-seed probes are compared with")
     args = ap.parse_args()
     record = json.loads(args.record.read_text()) if args.record.exists() else {}
     if args.add:
@@ -320,7 +377,10 @@ def main():
     rows = one_seed_rows(args.logs, args.metrics, args.configs)
     figure = args.out.with_suffix(".png")
     plot(data, figure)
-    text = render(data, figure.name) + "\n" + render_one_seed(rows) + "\n" + render_probes(record, args.configs)
+    other = json.loads(args.other.read_text()) if args.other.exists() else None
+    groups = render_probe_groups(record, other)
+    text = (render(data, figure.name) + "\n" + render_one_seed(rows) + "\n" + render_probes(record, args.configs)
+            + ("\n" + groups if groups else ""))
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(args.out)

@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unified_vision.core import ConfigError
+from unified_vision.heads.unihead import unihead
+
 _spec = importlib.util.spec_from_file_location("keypoints_pck", Path(__file__).parents[1] / "analysis" / "keypoints_pck.py")
 pckmod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pckmod)
@@ -148,17 +151,21 @@ def test_same_results_verdict_and_training_time_columns():
     assert "Verdict: **NOT identical**" in text and "| same | **different** | same | - | - | - |" in text
 
 
-def test_same_results_settings_change_existing_keys_only():
+def test_same_results_settings_change_existing_keys_or_head_options():
     spec = importlib.util.spec_from_file_location("same_results", Path(__file__).parents[1] / "analysis" / "same_results_on_cpu.py")
     same = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(same)
     cfg = {"experiment": "uni", "heads": {"unihead": {"dim": 64, "cls_input": "token"}}, "seed": 0}
     wide = same.apply_settings(cfg, ["heads.unihead.dim=128", "heads.unihead.cls_input=all"])
     assert wide["heads"]["unihead"] == {"dim": 128, "cls_input": "all"} and cfg["heads"]["unihead"]["dim"] == 64   # a copy
-    for bad, says in (("heads.unihead.dimm=128", "no key 'heads.unihead.dimm'"), ("seed.x=1", "'seed' is not a mapping"),
+    for bad, says in (("seedd=1", "no key 'seedd'"), ("seed.x=1", "'seed' is not a mapping"),
                       ("heads.unihead.dim", "write KEY=VALUE")):
         with pytest.raises(SystemExit, match=says):
             same.apply_settings(cfg, [bad])
+    mean = same.apply_settings({"experiment": "uni", "heads": {"unihead": {"dim": 64}}}, ["heads.unihead.cls_input=mean"])
+    assert mean["heads"]["unihead"] == {"dim": 64, "cls_input": "mean"}   # a head option left at the code's default
+    with pytest.raises(ConfigError, match="cls_inputt"):                  # ... which the head's builder checks
+        unihead("roi", **{"cls_inputt": "mean"})
     with pytest.raises(SystemExit, match="--set needs --tag"):
         same.run(["uni"], settings=("heads.unihead.dim=128",))
     hist = same.loss_history([{"iteration": 20, "loss": 1.0, "loss_cls": 0.6, "lr": 0.1}, {"iteration": 40, "loss": 0.8, "loss_cls": 0.5, "lr": 0.1}])
@@ -371,11 +378,16 @@ def test_other_machine_comparison_reads_mask_rcnn_by_box_and_by_mask_ap(tmp_path
                 f"{committed_diff:+.1f} | {g['diff']:+.1f} | [{g['ci'][0]:.1f}, {g['ci'][1]:.1f}] | {g['p']:.3f} |") in text
 
 
-def _cls_loss_module():
-    spec = importlib.util.spec_from_file_location("cls_loss", Path(__file__).parents[1] / "analysis" / "unihead_cls_loss.py")
+def _analysis_module(script: str):
+    "An analysis script, imported by file (analysis/ is not a package)."
+    spec = importlib.util.spec_from_file_location(script, Path(__file__).parents[1] / "analysis" / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _cls_loss_module():
+    return _analysis_module("unihead_cls_loss")
 
 
 def test_cls_loss_windows_and_running_mean():
@@ -419,6 +431,7 @@ def test_cls_loss_names_what_the_class_fc_reads_and_sorts_by_it():
     uni = lambda **kw: {"head": "unihead", "heads": {"unihead": kw}}
     assert cl.class_input({"framework": "faster_rcnn", "heads": {"two_fc": {}}}) == "RoI grid (7 x 7 RoIAlign)"
     assert cl.class_input(uni()) == "class token" and cl.class_input(uni(cls_input="all")) == "all K + 1 tokens"
+    assert cl.class_input(uni(cls_input="mean")) == "mean of the K point tokens"
     assert cl.class_input(uni(attention=False, cls_input="token")) == "all K tokens, no attention"   # no token to pool into
     row = lambda label, reads, last: {"label": label, "reads": reads, "AP": 5.0, "dagger": label == "b",
                                       "loss_cls": {"first 10%": 0.6, "middle 10%": 0.5, "last 10%": last}}
@@ -442,3 +455,62 @@ def test_cls_loss_probes_read_their_experiment_and_settings(tmp_path):
     assert "| uni_dim128 | class token | 128 | 7.0 | 0.300 |" in text
     assert text.index("| uni_seed2 |") < text.index("| uni_dim128 |")           # by input, then width
     assert cl.render_probes({}, tmp_path) == ""
+
+
+def test_cls_loss_groups_probe_seeds_and_tests_them_against_the_same_pretrain():
+    cl = _cls_loss_module()
+    steps = list(range(20, 420, 20))
+    run = lambda ap, tag, md5="ec8c": {"steps": steps, "loss_cls": [0.46] * 20, "AP": ap, "settings": ["x=1"] if tag else [],
+                                       "tag": tag, "pretrain_md5": md5}
+    record = {"uni_seed0_mean": run(5.5, "mean"), "uni_seed1_mean": run(5.3, "mean"), "uni_seed2_mean": run(5.1, "mean"),
+              "uni_dim128": run(10.0, "dim128"), "uni_seed2": run(7.1, None)}
+    groups = cl.probe_groups(record)
+    assert sorted(groups[("uni", "mean")]) == [0, 1, 2] and list(groups[("uni", "dim128")]) == [0] and list(groups[("uni", None)]) == [2]
+    names = ("baseline_faster_rcnn", "uni_faster_rcnn", "uni_faster_rcnn_clsall")
+    other = {"pretrain_md5": "ec8c", "runs": {f"{n}{s}": {"AP": ap / 100} for n, base in zip(names, (13.0, 7.3, 11.9))
+                                               for s, ap in zip(("", "_seed1", "_seed2"), (base - 0.2, base, base + 0.2))}}
+    text = cl.render_probe_groups(record, other)
+    assert "| uni (mean) | 0, 1, 2 | 5.3 ± 0.2 | 0.460 ± 0.000 | -7.7 [" in text and "class token 7.3 ± 0.2" in text
+    assert "dim128" not in text                                        # one seed: no group
+    assert "none with these runs' checkpoint" in cl.render_probe_groups(record, {**other, "pretrain_md5": "b365"})
+    assert cl.render_probe_groups({"uni_dim128": run(10.0, "dim128")}, other) == ""
+
+
+def _cls_attention_module():
+    return _analysis_module("unihead_cls_attention")
+
+
+def test_cls_attention_tells_a_uniform_pooling_from_a_selection():
+    ca = _cls_attention_module()
+    t = 17
+    uniform = np.full((5, 2, t, t), 1 / t)
+    s = ca.attention_stats(uniform)
+    assert s["entropy"] == pytest.approx(1.0) and s["largest"] == pytest.approx(1 / t) and s["varies"] == pytest.approx(0.0)
+    assert s["on itself"] == pytest.approx(1 / t) and s["points' entropy"] == pytest.approx(1.0)
+    picks = np.zeros((4, 2, t, t))                     # each RoI's class token looks at one point, another for each RoI
+    for roi in range(4):
+        picks[roi, :, 0, roi + 1] = 1.0
+    picks[:, :, 1:] = 1 / t
+    s = ca.attention_stats(picks)
+    assert s["entropy"] == pytest.approx(0.0, abs=1e-9) and s["largest"] == pytest.approx(1.0) and s["on itself"] == 0.0
+    assert s["varies"] == pytest.approx(0.75)          # half L1 to the mean row: 0.5 * (0.75 + 3 * 0.25)
+    assert s["mean_row"][1:5] == [0.25] * 4 and len(s["entropy_per_roi"]) == 4
+    with pytest.raises(ValueError, match="sum to 1"):
+        ca.attention_stats(uniform * 2)
+    with pytest.raises(ValueError, match="tokens, tokens"):
+        ca.attention_stats(uniform[:, :, 0])
+
+
+def test_cls_attention_renders_each_block_of_each_run(tmp_path):
+    ca = _cls_attention_module()
+    layer = lambda e: {"entropy": e, "on itself": 0.01, "largest": 0.2, "varies": 0.3, "points' entropy": 0.8,
+                       "entropy_per_roi": [e, e], "mean_row": [1 / 17] * 17}
+    run = lambda reads, ap: {"layers": [layer(0.7), layer(0.9)], "rois": 2, "cls_input": reads, "width": 64, "heads": 2, "AP": ap}
+    record = {"uni_seed2": run("token", 7.1), "uni_mean": run("mean", 11.0)}
+    text = ca.render(record, "fig.png")
+    assert "| uni_seed2 | class token | 64, 2 | 7.1 | 1 | 2 | 0.700 | 0.010 | 0.200 | 0.300 | 0.800 |" in text
+    assert "| | | | | 2 | 2 | 0.900 |" in text and "mean of the K point tokens" in text
+    assert text.index("| uni_mean |") < text.index("| uni_seed2 |")
+    assert "- class token (1 run): class token's entropy 0.70-0.70 in the first block, 0.90-0.90 in the last" in text
+    ca.plot(record, tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == ["fig.png"]   # no temporary left

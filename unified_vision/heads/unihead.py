@@ -57,9 +57,10 @@ class UniHeadCore(nn.Module):
                  task_outputs: int = 0, attention: bool = True, learn_offsets: bool = True, cls_bias: float = 0.0,
                  offset_scale: float = 0.1, refine_scale: float = 0.5, cls_input: str = "token"):
         super().__init__()
-        if cls_input not in ("token", "all"):
+        if cls_input not in ("token", "all", "mean"):
             raise ConfigError("params.yaml", f"unknown UniHead cls_input '{cls_input}'",
-                              "use 'token' (the class token, the paper) or 'all' (all K + 1 tokens, the authors' detection code)")
+                              "use 'token' (the class token, the paper), 'all' (all K + 1 tokens, the authors' detection code) "
+                              "or 'mean' (the mean of the K point tokens)")
         k = len(layout)
         self.num_points, self.offset_scale, self.refine_scale, self.attention = k, offset_scale, refine_scale, attention
         self.offsets = nn.Sequential(nn.Linear(anchor_dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 2 * k))
@@ -72,8 +73,8 @@ class UniHeadCore(nn.Module):
         self.cls_blocks = nn.Sequential(*[block() for _ in range(depth_cls)])
         self.loc_blocks = nn.Sequential(*[block() for _ in range(depth_loc)]) if depth_loc else None
         self.cls_norm, self.loc_norm = nn.LayerNorm(dim), nn.LayerNorm(dim) if depth_loc else None
-        self.cls_from_token = attention and cls_input == "token"
-        cls_in = dim if self.cls_from_token else dim * (k + 1)
+        self.cls_readout = cls_input if attention else "all"    # without attention no token gathers the points
+        cls_in = dim * (k + 1) if self.cls_readout == "all" else dim
         self.cls_fc = nn.Sequential(nn.Linear(cls_in, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, num_outputs))
         self.refine = nn.Linear(dim, 2) if depth_loc else None
         self.task_pred = nn.Linear(dim, task_outputs) if task_outputs else None
@@ -122,7 +123,7 @@ def _core_forward(self, anchor_feat, anchors, scales, read) -> dict:
     points = self.disperse(anchor_feat, anchors, scales)
     z0 = self.proj(read(points)) + self.pos
     zc = self._encode(z0, self.cls_token, self.cls_blocks, self.cls_norm)
-    cls_in = zc[:, 0] if self.cls_from_token else zc.flatten(1)
+    cls_in = {"token": lambda: zc[:, 0], "mean": lambda: zc[:, 1:].mean(1), "all": lambda: zc.flatten(1)}[self.cls_readout]()
     out = {"points": points, "cls_logits": self.cls_fc(cls_in)}
     if self.loc_blocks is not None:
         token = self.task_token if self.task_token is not None else z0.new_zeros(1, 0, z0.shape[-1])
