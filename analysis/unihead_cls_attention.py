@@ -104,7 +104,8 @@ def measure(name: str, probe: dict, keep: Path, configs: Path, per_image: int) -
             "date": time.strftime("%Y-%m-%d")}
 
 
-READS = {"token": "class token", "all": "all K + 1 tokens", "mean": "mean of the K point tokens"}
+READS = {"token": "class token", "all": "all K + 1 tokens", "mean": "mean of the K point tokens",
+         "all_low_rank": "all K + 1 tokens, rank width"}
 
 
 def render(record: dict, figure: str) -> str:
@@ -134,7 +135,7 @@ def render(record: dict, figure: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-COLOURS = {"token": "tab:red", "mean": "tab:green", "all": "tab:blue"}
+COLOURS = {"token": "tab:red", "mean": "tab:green", "all": "tab:blue", "all_low_rank": "tab:purple"}
 
 
 def plot(record: dict, path: Path) -> None:

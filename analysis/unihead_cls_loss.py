@@ -129,7 +129,8 @@ def class_input(config: dict) -> str:
     head = config["heads"]["unihead"]
     if not head.get("attention", True):
         return "all K tokens, no attention"
-    return {"all": "all K + 1 tokens", "mean": "mean of the K point tokens"}.get(head.get("cls_input", "token"), "class token")
+    return {"all": "all K + 1 tokens", "mean": "mean of the K point tokens",
+            "all_low_rank": "all K + 1 tokens, rank width"}.get(head.get("cls_input", "token"), "class token")
 
 
 def one_seed_rows(logs: Path, metrics: Path, configs: Path) -> list[dict]:
@@ -319,7 +320,8 @@ def render_one_seed(rows: list[dict]) -> str:
              "loss does not depend on. Sorted by the class FC's input, then by `loss_cls` in the last 10%.", "",
              "| head | class FC reads | box AP | " + " | ".join(f"loss_cls, {w}" for w in WINDOWS) + " |",
              "|---|---|---|" + "---|" * len(WINDOWS)]
-    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", "all K + 1 tokens", "mean of the K point tokens", "class token")
+    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", "all K + 1 tokens", "all K + 1 tokens, rank width",
+             "mean of the K point tokens", "class token")
     for r in sorted(rows, key=lambda r: (order.index(r["reads"]), r["loss_cls"]["last 10%"])):
         ap = f"{r['AP']:.1f}" + (" †" if r["dagger"] else "")
         lines.append(f"| {r['label']} | {r['reads']} | {ap} | " + " | ".join(f"{r['loss_cls'][w]:.3f}" for w in WINDOWS) + " |")

@@ -432,6 +432,7 @@ def test_cls_loss_names_what_the_class_fc_reads_and_sorts_by_it():
     assert cl.class_input({"framework": "faster_rcnn", "heads": {"two_fc": {}}}) == "RoI grid (7 x 7 RoIAlign)"
     assert cl.class_input(uni()) == "class token" and cl.class_input(uni(cls_input="all")) == "all K + 1 tokens"
     assert cl.class_input(uni(cls_input="mean")) == "mean of the K point tokens"
+    assert cl.class_input(uni(cls_input="all_low_rank")) == "all K + 1 tokens, rank width"
     assert cl.class_input(uni(attention=False, cls_input="token")) == "all K tokens, no attention"   # no token to pool into
     row = lambda label, reads, last: {"label": label, "reads": reads, "AP": 5.0, "dagger": label == "b",
                                       "loss_cls": {"first 10%": 0.6, "middle 10%": 0.5, "last 10%": last}}

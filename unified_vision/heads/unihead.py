@@ -57,10 +57,10 @@ class UniHeadCore(nn.Module):
                  task_outputs: int = 0, attention: bool = True, learn_offsets: bool = True, cls_bias: float = 0.0,
                  offset_scale: float = 0.1, refine_scale: float = 0.5, cls_input: str = "token"):
         super().__init__()
-        if cls_input not in ("token", "all", "mean"):
+        if cls_input not in ("token", "all", "mean", "all_low_rank"):
             raise ConfigError("params.yaml", f"unknown UniHead cls_input '{cls_input}'",
                               "use 'token' (the class token, the paper), 'all' (all K + 1 tokens, the authors' detection code) "
-                              "or 'mean' (the mean of the K point tokens)")
+                              "'mean' (the mean of the K point tokens) or 'all_low_rank' (all K + 1 tokens mapped to `dim` first)")
         k = len(layout)
         self.num_points, self.offset_scale, self.refine_scale, self.attention = k, offset_scale, refine_scale, attention
         self.offsets = nn.Sequential(nn.Linear(anchor_dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 2 * k))
@@ -75,7 +75,8 @@ class UniHeadCore(nn.Module):
         self.cls_norm, self.loc_norm = nn.LayerNorm(dim), nn.LayerNorm(dim) if depth_loc else None
         self.cls_readout = cls_input if attention else "all"    # without attention no token gathers the points
         cls_in = dim * (k + 1) if self.cls_readout == "all" else dim
-        self.cls_fc = nn.Sequential(nn.Linear(cls_in, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, num_outputs))
+        low_rank = [nn.Linear(dim * (k + 1), dim)] if self.cls_readout == "all_low_rank" else []
+        self.cls_fc = nn.Sequential(*low_rank, nn.Linear(cls_in, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, num_outputs))
         self.refine = nn.Linear(dim, 2) if depth_loc else None
         self.task_pred = nn.Linear(dim, task_outputs) if task_outputs else None
         self._init(layout, cls_bias)
@@ -90,7 +91,8 @@ def _init(self, layout: np.ndarray, cls_bias: float) -> None:
         nn.init.trunc_normal_(p, std=0.02)
     nn.init.normal_(self.offsets[-1].weight, std=0.001)
     self.set_layout(layout)
-    nn.init.xavier_uniform_(self.cls_fc[0].weight)               # the class FC as a 2-fc head's (mmdetection's init):
+    for fc in self.cls_fc[:-2]:                                   # the class FC as a 2-fc head's (mmdetection's init):
+        nn.init.xavier_uniform_(fc.weight)
     nn.init.normal_(self.cls_fc[-1].weight, std=0.01)            # at ViT's 0.02 the SGD gradients reaching the encoders
     nn.init.constant_(self.cls_fc[-1].bias, cls_bias)            # are too small to learn in a `mini` schedule
     if self.refine is not None:
@@ -123,7 +125,8 @@ def _core_forward(self, anchor_feat, anchors, scales, read) -> dict:
     points = self.disperse(anchor_feat, anchors, scales)
     z0 = self.proj(read(points)) + self.pos
     zc = self._encode(z0, self.cls_token, self.cls_blocks, self.cls_norm)
-    cls_in = {"token": lambda: zc[:, 0], "mean": lambda: zc[:, 1:].mean(1), "all": lambda: zc.flatten(1)}[self.cls_readout]()
+    cls_in = {"token": lambda: zc[:, 0], "mean": lambda: zc[:, 1:].mean(1), "all": lambda: zc.flatten(1),
+              "all_low_rank": lambda: zc.flatten(1)}[self.cls_readout]()
     out = {"points": points, "cls_logits": self.cls_fc(cls_in)}
     if self.loc_blocks is not None:
         token = self.task_token if self.task_token is not None else z0.new_zeros(1, 0, z0.shape[-1])
