@@ -59,7 +59,7 @@ class UniHeadCore(nn.Module):
         super().__init__()
         if cls_input not in ("token", "all", "mean", "all_low_rank"):
             raise ConfigError("params.yaml", f"unknown UniHead cls_input '{cls_input}'",
-                              "use 'token' (the class token, the paper), 'all' (all K + 1 tokens, the authors' detection code) "
+                              "use 'token' (the class token, the paper), 'all' (all K + 1 tokens, the authors' detection code), "
                               "'mean' (the mean of the K point tokens) or 'all_low_rank' (all K + 1 tokens mapped to `dim` first)")
         k = len(layout)
         self.num_points, self.offset_scale, self.refine_scale, self.attention = k, offset_scale, refine_scale, attention
@@ -125,8 +125,12 @@ def _core_forward(self, anchor_feat, anchors, scales, read) -> dict:
     points = self.disperse(anchor_feat, anchors, scales)
     z0 = self.proj(read(points)) + self.pos
     zc = self._encode(z0, self.cls_token, self.cls_blocks, self.cls_norm)
-    cls_in = {"token": lambda: zc[:, 0], "mean": lambda: zc[:, 1:].mean(1), "all": lambda: zc.flatten(1),
-              "all_low_rank": lambda: zc.flatten(1)}[self.cls_readout]()
+    if self.cls_readout == "token":
+        cls_in = zc[:, 0]
+    elif self.cls_readout == "mean":
+        cls_in = zc[:, 1:].mean(1)
+    else:                                   # 'all', and 'all_low_rank', whose first class FC layer maps it to `dim`
+        cls_in = zc.flatten(1)
     out = {"points": points, "cls_logits": self.cls_fc(cls_in)}
     if self.loc_blocks is not None:
         token = self.task_token if self.task_token is not None else z0.new_zeros(1, 0, z0.shape[-1])
