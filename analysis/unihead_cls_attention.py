@@ -41,6 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+from unihead_cls_loss import READOUTS as READS, probe_config  # noqa: E402
 from unified_vision.core import atomic_path  # noqa: E402
 STATS = ("entropy", "on itself", "largest", "varies", "points' entropy")
 
@@ -69,8 +71,6 @@ def attention_stats(att: np.ndarray) -> dict:
 
 def run_config(name: str, probe: dict, configs: Path) -> dict:
     "The configuration a kept run trained with (its experiment's, with its settings), to evaluate on this machine."
-    sys.path.insert(0, str(HERE))
-    from unihead_cls_loss import probe_config
     cfg = probe_config(name, probe["settings"], probe.get("tag"), configs)
     cfg["model"]["backbone"]["pretrained"] = False            # the checkpoint holds the trained backbone
     cfg["data"]["root"] = str(ROOT / cfg["data"]["root"])
@@ -102,10 +102,6 @@ def measure(name: str, probe: dict, keep: Path, configs: Path, per_image: int) -
             "images": len(dataset), "per_image": per_image, "cls_input": head.get("cls_input", "token"), "width": head["dim"],
             "heads": head["heads"], "num_points": maps.shape[-1] - 1, "AP": probe["AP"], "pretrain_md5": probe["pretrain_md5"],
             "date": time.strftime("%Y-%m-%d")}
-
-
-READS = {"token": "class token", "all": "all K + 1 tokens", "mean": "mean of the K point tokens",
-         "all_low_rank": "all K + 1 tokens, rank width"}
 
 
 def render(record: dict, figure: str) -> str:

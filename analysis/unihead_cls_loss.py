@@ -122,6 +122,11 @@ def mean_std(vals: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
+# UniHead's `cls_input` -> what its class FC reads, as the tables name it (in the tables' order: the points kept apart first)
+READOUTS = {"all": "all K + 1 tokens", "all_low_rank": "all K + 1 tokens, rank width", "mean": "mean of the K point tokens",
+            "token": "class token"}
+
+
 def class_input(config: dict) -> str:
     "What a Faster R-CNN head's class FC reads, from the run's configuration (configs/<run>.json)."
     if config.get("head") != "unihead":             # the framework's own head (the 2-fc head here)
@@ -129,8 +134,7 @@ def class_input(config: dict) -> str:
     head = config["heads"]["unihead"]
     if not head.get("attention", True):
         return "all K tokens, no attention"
-    return {"all": "all K + 1 tokens", "mean": "mean of the K point tokens",
-            "all_low_rank": "all K + 1 tokens, rank width"}.get(head.get("cls_input", "token"), "class token")
+    return READOUTS[head.get("cls_input", "token")]
 
 
 def one_seed_rows(logs: Path, metrics: Path, configs: Path) -> list[dict]:
@@ -170,13 +174,24 @@ def probe_runs(paths: list[Path], pretrain: Path) -> dict:
     return out
 
 
-def probe_experiment(name: str, tag: str | None) -> str:
-    "The experiment of a probe run `<experiment>[_seed<N>][_<tag>]`."
+def _untagged(name: str, tag: str | None) -> str:
+    "A probe run's name `<experiment>[_seed<N>][_<tag>]` without its tag."
     if tag:
         if not name.endswith(f"_{tag}"):
             raise ValueError(f"probe run {name!r} does not end in its tag '_{tag}'")
         name = name[: -len(tag) - 1]
-    return re.sub(r"_seed\d+$", "", name)
+    return name
+
+
+def probe_experiment(name: str, tag: str | None) -> str:
+    "The experiment of a probe run `<experiment>[_seed<N>][_<tag>]`."
+    return re.sub(r"_seed\d+$", "", _untagged(name, tag))
+
+
+def probe_seed(name: str, tag: str | None) -> int:
+    "The seed of a probe run `<experiment>[_seed<N>][_<tag>]` (no `_seed<N>`: the experiment's own, 0)."
+    seed = re.search(r"_seed(\d+)$", _untagged(name, tag))
+    return int(seed.group(1)) if seed else 0
 
 
 def probe_config(name: str, settings: list[str], tag: str | None, configs: Path) -> dict:
@@ -221,9 +236,7 @@ def probe_groups(record: dict) -> dict:
     "(experiment, tag) -> {seed: run} of the probes, a group per variant; a run without `_seed<N>` is seed 0."
     groups = {}
     for name, r in record.items():
-        stem = name[: -len(r["tag"]) - 1] if r.get("tag") else name
-        seed = re.search(r"_seed(\d+)$", stem)
-        groups.setdefault((probe_experiment(name, r.get("tag")), r.get("tag")), {})[int(seed.group(1)) if seed else 0] = r
+        groups.setdefault((probe_experiment(name, r.get("tag")), r.get("tag")), {})[probe_seed(name, r.get("tag"))] = r
     return groups
 
 
@@ -320,8 +333,7 @@ def render_one_seed(rows: list[dict]) -> str:
              "loss does not depend on. Sorted by the class FC's input, then by `loss_cls` in the last 10%.", "",
              "| head | class FC reads | box AP | " + " | ".join(f"loss_cls, {w}" for w in WINDOWS) + " |",
              "|---|---|---|" + "---|" * len(WINDOWS)]
-    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", "all K + 1 tokens", "all K + 1 tokens, rank width",
-             "mean of the K point tokens", "class token")
+    order = ("RoI grid (7 x 7 RoIAlign)", "all K tokens, no attention", *READOUTS.values())
     for r in sorted(rows, key=lambda r: (order.index(r["reads"]), r["loss_cls"]["last 10%"])):
         ap = f"{r['AP']:.1f}" + (" †" if r["dagger"] else "")
         lines.append(f"| {r['label']} | {r['reads']} | {ap} | " + " | ".join(f"{r['loss_cls'][w]:.3f}" for w in WINDOWS) + " |")

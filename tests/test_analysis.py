@@ -445,6 +445,7 @@ def test_cls_loss_probes_read_their_experiment_and_settings(tmp_path):
     cl = _cls_loss_module()
     assert cl.probe_experiment("uni_faster_rcnn_clsall_seed1_dim128", "dim128") == "uni_faster_rcnn_clsall"
     assert cl.probe_experiment("uni_faster_rcnn_l3_seed2", None) == "uni_faster_rcnn_l3"
+    assert cl.probe_seed("uni_faster_rcnn_clsall_seed1_dim128", "dim128") == 1 and cl.probe_seed("uni_faster_rcnn_dim128", "dim128") == 0
     with pytest.raises(ValueError, match="does not end in its tag"):
         cl.probe_experiment("uni_faster_rcnn_dim128", "wide")
     (tmp_path / "uni.json").write_text(json.dumps({"experiment": "uni", "head": "unihead", "heads": {"unihead": {"dim": 64}}}))
