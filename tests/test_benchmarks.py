@@ -134,3 +134,90 @@ def test_roi_align_backward_bench_replays_the_calls_of_a_step(smoke_cfg):
     assert result["equal"] and result["calls"] == len(calls) and set(result["median"]) == {"torchvision", "ours"}
     text = rab.render({("smoke", "baseline_mask_rcnn"): result}, {}, type("A", (), {"iters": 1, "reps": 1, "coco": False})())
     assert "| smoke | baseline_mask_rcnn |" in text and "| yes |" in text
+
+
+def test_op_counter_counts_kernels_and_host_syncs_but_not_views():
+    "Views and allocations launch nothing; `nonzero` and `.item()` make the host wait: the counter tells them apart."
+    tbo = _load_bench("bench_train_ops")
+    x = torch.randn(4, 4)
+    with tbo.OpCounter() as ops:
+        y = x.view(16)                                           # a view
+        z = (y + 1).unsqueeze(0)                                 # one kernel, one view
+        z.nonzero()                                              # a kernel and a sync
+        torch.empty(3)                                           # an allocation
+        z.sum().item()                                           # two kernels, one a sync
+    assert sum(ops.kernels.values()) == 4, ops.kernels
+    assert dict(ops.syncs) == {"aten.nonzero.default": 1, "aten._local_scalar_dense.default": 1}
+
+
+def test_count_step_counts_forward_backward_and_optimizer_apart():
+    """A linear layer's step: 2*2*4*3 FLOPs forward, as many for its weight's gradient; the optimizer's ops counted apart,
+    on its foreach path: as many for 8 parameter tensors as for 2."""
+    from types import SimpleNamespace
+    tbo = _load_bench("bench_train_ops")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, extra: int):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.extra = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(3)) for _ in range(extra)])
+
+        def forward(self, images, image_sizes, targets):
+            out = self.fc(images)
+            for p in self.extra:
+                out = out + p
+            return {"loss": out.pow(2).sum()}
+
+    def count(extra):
+        model = Tiny(extra)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
+        return tbo.count_step(model, opt, SimpleNamespace(images=torch.randn(2, 4), image_sizes=None, targets=None))
+
+    small, large = count(0), count(6)
+    assert small["gflops"] * 1e9 == 2 * (2 * 2 * 4 * 3)
+    assert (small["params"], large["params"]) == (2, 8) and small["syncs"] == 0
+    assert small["ops"]["aten.addmm.default"] == 1 and large["kernels"] > small["kernels"]
+    assert small["opt_kernels"] == large["opt_kernels"] > 0
+
+
+def test_train_ops_fit_recovers_the_prices_and_reads_the_gpu_table(tmp_path):
+    tbo = _load_bench("bench_train_ops")
+    points = [(g, k, 2e-5 * g + 1e-5 * k) for g, k in [(2000, 1100), (2300, 1700), (400, 800), (1700, 3000)]]
+    a, b, res = tbo.fit_launch_model(points)
+    assert a == pytest.approx(2e-5) and b == pytest.approx(1e-5) and max(map(abs, res)) < 1e-9
+    table = tmp_path / "heads_coco_cuda.md"
+    table.write_text("| framework | baseline train s/iter | UniHead train s/iter | ratio |\n|---|---|---|---|\n"
+                     "| Faster R-CNN | 0.062 | 0.083 | 1.32x | 46.7 |\n| ATSS | 0.070 | 0.607 | 8.65x | 22.0 |\n")
+    assert tbo.measured_gpu_steps(table) == {"Faster R-CNN": (0.062, 0.083, 1.32), "ATSS": (0.070, 0.607, 8.65)}
+    assert tbo.measured_gpu_steps(tmp_path / "absent.md") == {}
+    base = {"gflops": 2000.0, "kernels": 1100, "syncs": 100, "params": 190, "opt_kernels": 9}
+    uni = {**base, "gflops": 2300.0, "kernels": 1700, "params": 260, "added": {"aten.mm.default": 50}}
+    atss = [dict(base, gflops=400.0, kernels=800), dict(uni, gflops=1700.0, kernels=3000)]
+    text = tbo.render("coco", [("Faster R-CNN", [base, uni]), ("ATSS", atss)],
+                      tbo.measured_gpu_steps(table))
+    assert "| Faster R-CNN | 1.15x | 1.55x | 1.32x | mm.default +50 |" in text
+    assert "Fit over the 4 GPU steps on record" in text and "- ATSS: measured" in text
+
+
+def test_counting_dispatches_dropout_and_attention_as_on_cuda():
+    """On the CPU a training-mode dropout is three ops and attention with dropout the unfused math path; counted as a CUDA
+    run dispatches them, each is one fused op forward and one backward, and everything is restored afterwards."""
+    import torch.nn.functional as F
+    tbo = _load_bench("bench_train_ops")
+    drop, mha = torch.nn.Dropout(0.1).train(), torch.nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True).train()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+
+    def counted(fn):
+        with tbo.OpCounter() as ops:
+            fn().sum().backward()
+        return ops.kernels
+
+    cpu_drop, cpu_attn = counted(lambda: drop(x)), counted(lambda: mha(x, x, x, need_weights=False)[0])
+    with tbo.dispatch_as_on_cuda():
+        cuda_drop, cuda_attn = counted(lambda: drop(x)), counted(lambda: mha(x, x, x, need_weights=False)[0])
+    assert "aten.bernoulli_.float" in cpu_drop and "aten.bernoulli_.float" not in cuda_drop
+    assert cuda_drop["aten.native_dropout.default"] == 1 and cuda_drop["aten.native_dropout_backward.default"] == 1
+    assert cuda_drop.total() < cpu_drop.total()
+    fused = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+    assert fused not in cpu_attn and cuda_attn[fused] == 1 and cuda_attn.total() < cpu_attn.total()
+    assert (F.dropout.__name__, F.scaled_dot_product_attention.__name__) == ("dropout", "scaled_dot_product_attention")
