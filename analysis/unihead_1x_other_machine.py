@@ -322,7 +322,7 @@ def render(record: dict, committed: dict) -> str:
         f"checkpoint of md5 b365…; `results/unihead_noise.md`). *Other machine*: the same experiments, same code path and "
         f"schedule, trained by `analysis/same_results_on_cpu.py run --profile mini` on {other}, from that machine's own "
         f"pretraining (md5 {record['pretrain_md5'][:4]}…, a different checkpoint: analysis/determinism_probe.md).{more} "
-        "Mean ± sample standard deviation over seeds 0-2.",
+        "Mean ± sample standard deviation over seeds 0-2, or over seeds 0 to N-1 where a cell says N runs.",
         "",
         "| head | committed AP | AP50 | AP75 | other machine AP | AP50 | AP75 | other machine: training s per run |",
         "|---|---|---|---|---|---|---|---|",
