@@ -126,7 +126,7 @@ def count_step(model, opt, batch) -> dict:
             "ops": ops.kernels}
 
 
-def count_pair(params, base_name, uni_name, profile) -> tuple[dict, dict]:
+def count_pair(params, base_name, uni_name, profile) -> list[dict]:
     "Counts for the baseline and the UniHead experiment of one framework, same batch, non-head weights shared."
     (cfg, base, train, _), (_, uni, _, _) = build(params, base_name, profile), build(params, uni_name, profile)
     share_non_head_weights(base, uni)
@@ -134,7 +134,8 @@ def count_pair(params, base_name, uni_name, profile) -> tuple[dict, dict]:
     prep = (lambda s: resized(s, COCO_SIZE)) if profile == "coco" else (lambda s: s)
     batch = collate([prep(train[j]) for j in range(bs)], base.neck.size_divisible)
     counted = [count_step(m, foreach_optimizer(m, cfg), batch) for m in (base, uni)]
-    added = counted[1].pop("ops"); added.subtract(counted[0].pop("ops"))
+    added = counted[1].pop("ops")
+    added.subtract(counted[0].pop("ops"))
     counted[1]["added"] = dict(added.most_common(12))
     return counted
 
