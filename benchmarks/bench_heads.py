@@ -40,6 +40,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,6 +56,12 @@ PAIRS = {"faster_rcnn": ("Faster R-CNN", "baseline_faster_rcnn", "uni_faster_rcn
          "mask_rcnn": ("Mask R-CNN", "baseline_mask_rcnn", "uni_mask_rcnn"), "atss": ("ATSS", "baseline_atss", "uni_atss"),
          "fcos": ("FCOS", "baseline_fcos", "uni_fcos")}
 COCO_SIZE, COCO_CLASSES, COCO_BATCH = (800, 1088), 80, 2
+# The CPU's attention kernels have no formula in the FLOP counter (the GPU's have): give them the counter's own.
+CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v)}
 
 
 def build(params, name, profile="mini"):
@@ -95,6 +102,11 @@ def resized(sample: Sample, size) -> Sample:
     return Sample(F.interpolate(sample.image[None], size=size, mode="bilinear", align_corners=False)[0], t)
 
 
+def profile_sample(profile: str):
+    "What a `mini` sample becomes under `profile`: resized to the paper's input size on `coco`, itself otherwise."
+    return (lambda s: resized(s, COCO_SIZE)) if profile == "coco" else (lambda s: s)
+
+
 def train_step(model, opt, batch):
     "One training step; returns once the device has finished it."
     model.train()
@@ -127,14 +139,11 @@ def inference_gflops(model, batch) -> tuple[float, float]:
     counter does not see (its projections and attention would count as 0), so its fast path is switched off while
     counting (same arithmetic, unfused); and the CPU's attention kernel has no formula in the counter, so it gets the
     counter's own formula for scaled dot-product attention."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:   # (the GPU's kernels have one)
-                     lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
     model.eval()
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
             model(batch.images, batch.image_sizes)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -154,7 +163,7 @@ def compare(params, base_name, uni_name, iters, images, profile="mini", device="
     shared = share_non_head_weights(base, uni)
     base, uni = base.to(device), uni.to(device)
     bs, div = cfg["train"]["batch_size"], base.neck.size_divisible
-    prep = (lambda s: resized(s, COCO_SIZE)) if profile == "coco" else (lambda s: s)
+    prep = profile_sample(profile)
     batches = [collate([prep(train[(i * bs + j) % len(train)]) for j in range(bs)], div).to(device)
                for i in range(iters + 2)]
     singles = [collate([prep(val[i % len(val)])], div).to(device) for i in range(images + 2)]

@@ -37,12 +37,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_heads import COCO_BATCH, COCO_SIZE, PAIRS, build, resized, share_non_head_weights, train_step  # noqa: E402
+from bench_heads import (COCO_BATCH, COCO_SIZE, CPU_ATTENTION, PAIRS, build, profile_sample,  # noqa: E402
+                         share_non_head_weights, train_step)
 from unified_vision.core import load_yaml  # noqa: E402
 from unified_vision.data.coco import collate  # noqa: E402
 from unified_vision.engine.train import build_optimizer  # noqa: E402
@@ -55,12 +56,6 @@ FREE = {torch.ops.aten._unsafe_view.default, torch.ops.aten.empty.memory_format,
 DENSE_AT_COCO = ("ATSS", "FCOS")
 PAPER_STEP = (0.38, 0.40)       # Table 5: s/iter of Faster R-CNN's 2-fc head and of UniHead (L = 3), V100
 SYNC_TAGS = {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output}
-# The CPU's attention kernels have no formula in the counter (the GPU's have): give them its own formulas.
-CPU_ATTENTION = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v)}
 
 
 @contextlib.contextmanager
@@ -130,9 +125,8 @@ def count_pair(params, base_name, uni_name, profile) -> list[dict]:
     "Counts for the baseline and the UniHead experiment of one framework, same batch, non-head weights shared."
     (cfg, base, train, _), (_, uni, _, _) = build(params, base_name, profile), build(params, uni_name, profile)
     share_non_head_weights(base, uni)
-    bs = COCO_BATCH if profile == "coco" else cfg["train"]["batch_size"]
-    prep = (lambda s: resized(s, COCO_SIZE)) if profile == "coco" else (lambda s: s)
-    batch = collate([prep(train[j]) for j in range(bs)], base.neck.size_divisible)
+    prep = profile_sample(profile)                       # build() sets a coco batch to COCO_BATCH
+    batch = collate([prep(train[j]) for j in range(cfg["train"]["batch_size"])], base.neck.size_divisible)
     counted = [count_step(m, foreach_optimizer(m, cfg), batch) for m in (base, uni)]
     added = counted[1].pop("ops")
     added.subtract(counted[0].pop("ops"))
