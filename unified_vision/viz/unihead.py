@@ -5,6 +5,7 @@
 # %% ../../nbs/90_viz.unihead.ipynb #4c9bf4d1
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from collections import OrderedDict
@@ -15,7 +16,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import clear_output, display
+from IPython.display import Image, clear_output, display
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
@@ -32,7 +33,7 @@ from ..models.criteria import nms_and_cap
 # %% auto #0
 __all__ = ['STACKS', 'ANCHOR_COLOURS', 'PREDICTION_NAMES', 'UNIHEAD_EXPERIMENTS', 'UniHeadTrace', 'trace_unihead', 'show_image',
            'zoom_to', 'anchor_extent', 'draw_prediction', 'draw_anchor', 'legend_handles', 'plot_anchors', 'token_name',
-           'attention_map', 'token_attention', 'draw_attention', 'plot_attention', 'explorer_figure',
+           'attention_map', 'token_attention', 'draw_attention', 'plot_attention', 'explorer_figure', 'figure_png',
            'unihead_explorer', 'unihead_config', 'DemoModel', 'load_demo_model', 'smoke_data', 'train_demo_model',
            'demo_models']
 
@@ -330,6 +331,13 @@ def _set_options(dropdown, options: list) -> None:
     values = [v for _, v in options]
     dropdown.value = value if value in values else values[0]
 
+
+def figure_png(fig) -> bytes:
+    "`fig` as PNG bytes, drawn by matplotlib itself: the same picture whatever display backend the notebook has set up."
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
 # %% ../../nbs/90_viz.unihead.ipynb #8463f8cc
 def unihead_explorer(sources: dict, max_anchors: int = 20, score_thresh: float | None = 0.0):
     "Widgets (experiment, image, anchor, stack, layer, head) redrawing `explorer_figure`; `sources`: name -> (model, dataset)."
@@ -380,11 +388,13 @@ def unihead_explorer(sources: dict, max_anchors: int = 20, score_thresh: float |
         values = {k: w.value for k, w in controls.items()}
         info.value = (f"<b>{values['experiment']}</b> ({t.task}, K = {t.num_points}): {len(t)} anchors traced; "
                       + (f"rank {values['anchor']}: {t.caption(min(values['anchor'], len(t) - 1))}" if len(t) else "no detections"))
+        with plt.ioff():                  # no backend may show the figure on its own (ipympl would, as a canvas)
+            fig = update(**values)
+        png = figure_png(fig)
+        plt.close(fig)
         with out:
             clear_output(wait=True)
-            fig = update(**values)
-            display(fig)
-            plt.close(fig)
+            display(Image(png))
 
     for w in controls.values():
         w.observe(redraw, names="value")
