@@ -32,7 +32,8 @@ def test_site_has_every_notebook(site):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-@pytest.mark.parametrize("page,heading", [("index.html", "unified_vision"), ("11_data.transforms.html", "Data: augmentation")])
+@pytest.mark.parametrize("page,heading", [("index.html", "unified_vision"), ("11_data.transforms.html", "Data: augmentation"),
+                                          ("90_viz.unihead.html", "Visualisation: UniHead")])
 def test_page_renders_heading_and_figure(site, tmp_path, page, heading):
     dom = _dom(site / page, tmp_path)
     assert re.search(r"<h1[^>]*>[^<]*" + re.escape(heading), dom), f"{page}: heading '{heading}' not rendered"
