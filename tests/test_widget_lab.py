@@ -1,7 +1,7 @@
 """UniHead's explorer widget (nbs/90_viz.unihead.ipynb) in a real JupyterLab: a JupyterLab server, headless Chromium
-driven by Playwright, a notebook that opens the explorer on two small untrained UniHead detectors. The browser must draw
-the widget's controls and figure (so the lab's widget manager and the kernel's ipywidgets agree), and changing a control
-in the page must redraw the figure through the kernel."""
+driven by Playwright, a notebook that opens the explorer on the page's detection and pose experiments, untrained, at the
+`smoke` size. The browser must draw the widget's controls and figure (so the lab's widget manager and the kernel's
+ipywidgets agree), and changing a control in the page must redraw the figure through the kernel."""
 import json
 import os
 import shutil
@@ -23,23 +23,21 @@ TOKEN = "unified-vision-test"
 CELLS = [
     "import torch\n"
     "from types import SimpleNamespace\n"
-    "from unified_vision.core import load_yaml, deep_merge, resolve_experiment\n"
+    "from unified_vision.core import load_yaml, deep_merge\n"
     "from unified_vision.frameworks.build import build_model\n"
-    "from unified_vision.viz.unihead import unihead_explorer",
-    # two untrained smoke-sized Faster R-CNNs with UniHead (detection and pose) and three random images: the point here
-    # is the front end, not what the head learned (the page itself shows trained models)
+    "from unified_vision.viz.unihead import unihead_config, unihead_explorer",
+    # the page's detection and pose experiments on the `smoke` profile, untrained, and three random images: the point
+    # here is the front end, not what the head learned (the page itself shows trained models)
     "params = load_yaml(PARAMS)\n"
-    "def model(task, k):\n"
-    "    cfg = deep_merge(resolve_experiment(params, 'baseline_faster_rcnn', 'smoke'),\n"
-    "                     {'head': 'unihead', 'task': task, 'heads': {'unihead': {'num_points': k}},\n"
-    "                      'model': {'backbone': {'pretrained': False}}})\n"
+    "def model(name):\n"
+    "    cfg = deep_merge(unihead_config(params, name, 'smoke'), {'model': {'backbone': {'pretrained': False}}})\n"
     "    torch.manual_seed(0)\n"
     "    return build_model(cfg, num_classes=3).eval()\n"
     "class Images(list):\n"
     "    class_names = ('person', 'b', 'c')\n"
     "g = torch.Generator().manual_seed(0)\n"
     "images = Images(SimpleNamespace(image=torch.rand(3, 64, 64, generator=g)) for _ in range(3))\n"
-    "ui = unihead_explorer({'det': (model('detection', 16), images), 'pose': (model('keypoints', 17), images)}, max_anchors=4)\n"
+    "ui = unihead_explorer({n: (model(n), images) for n in ('uni_faster_rcnn', 'uni_keypoints')}, max_anchors=4)\n"
     "ui",
 ]
 
@@ -156,7 +154,7 @@ def test_explorer_draws_and_redraws_in_jupyterlab(lab, tmp_path):
                                    " return i && i.src !== old; }",
                                    arg=[".jp-OutputArea-output img", before], timeout=60_000)
 
-            _choose(page, "experiment", "pose (keypoints)")
+            _choose(page, "experiment", "uni_keypoints (keypoints)")
             page.locator(".widget-html", has_text="K = 17").wait_for(timeout=60_000)
             heads = page.locator(".widget-dropdown").filter(has=page.locator("label:text-is('head')")).locator("option")
             assert heads.count() > 1                                          # the mean and each head of the pose model
